@@ -1,0 +1,68 @@
+"""eventlog: record what an LLM application does, in batches, without slowing it down.
+
+::
+
+    db = await eventlog.open_database("sqlite:///eventlog.db", migrate=True)
+    sender, task = eventlog.start_database_logger(db, batch_size=100, debounce_time=1.0)
+    sender.send(eventlog.ProxyLogEvent(model="gpt-4o", request=..., response=...))
+    sender.close()
+    await task
+    await db.close()
+"""
+
+from __future__ import annotations
+
+from eventlog.channel import LogSender
+from eventlog.database import Database, ProxyDatabase, open_database
+from eventlog.events import (
+    EventPayload,
+    InternalMetadata,
+    ProxyLogEntry,
+    ProxyLogEvent,
+    RequestMetadata,
+    RunStartEvent,
+    RunUpdateEvent,
+    StepEndEvent,
+    StepErrorEvent,
+    StepStartEvent,
+    StepStateEvent,
+    WorkflowEvent,
+)
+from eventlog.exceptions import (
+    DatabaseError,
+    EventLogError,
+    InvalidEventError,
+    MigrationError,
+)
+from eventlog.parse import parse_event
+from eventlog.stats import LoggerStats
+from eventlog.writer import start_database_logger
+
+__all__ = [
+    "Database",
+    "DatabaseError",
+    "EventLogError",
+    "EventPayload",
+    "InternalMetadata",
+    "InvalidEventError",
+    "LogSender",
+    "LoggerStats",
+    "MigrationError",
+    "ProxyDatabase",
+    "ProxyLogEntry",
+    "ProxyLogEvent",
+    "RequestMetadata",
+    "RunStartEvent",
+    "RunUpdateEvent",
+    "StepEndEvent",
+    "StepErrorEvent",
+    "StepStartEvent",
+    "StepStateEvent",
+    "WorkflowEvent",
+    "__version__",
+    "open_database",
+    "parse_event",
+    "start_database_logger",
+]
+
+__version__ = "0.1.0"

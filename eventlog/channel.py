@@ -1,0 +1,220 @@
+"""The channel between the application's senders and the writer task.
+
+``send()`` is the application's hot path: it appends to a deque under a lock held for a
+few hundred nanoseconds and wakes the writer only when the writer is asleep waiting for
+exactly what this send brings (its first entry, or the entry that fills a batch). So a
+busy application pays no system call per event, from the loop's thread or any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from eventlog._log import logger
+from eventlog.events import ENTRY_TYPES, ProxyLogEntry
+from eventlog.stats import LoggerStats
+
+__all__ = ["LogSender"]
+
+_NEVER: Final = float("inf")
+
+# One queued message: a single entry, or a tuple of entries sent together.
+Message = ProxyLogEntry | tuple[ProxyLogEntry, ...]
+
+
+class LogSender:
+    """The application's handle on a logger: ``send()`` entries, ``close()`` when done.
+
+    Made by :func:`eventlog.start_database_logger`; safe to share between threads and
+    tasks. Entries are kept in the order they were sent.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_closed",
+        "_dropped",
+        "_failed",
+        "_failed_writes",
+        "_first_time",
+        "_lock",
+        "_loop",
+        "_loop_thread",
+        "_queue",
+        "_queued_since_drain",
+        "_sent",
+        "_wake_at",
+        "_waiter",
+        "_warned_closed",
+        "_batches",
+        "_written",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float]) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._queue: deque[Message] = deque()
+        self._first_time = 0.0  # clock() when the queue last went from empty to not empty
+        self._queued_since_drain = 0
+        self._wake_at = _NEVER  # the writer sleeps until this many entries are queued
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._warned_closed = False
+        self._sent = 0
+        self._dropped = 0
+        self._written = 0
+        self._batches = 0
+        self._failed = 0
+        self._failed_writes = 0
+
+    # -- the application's side ------------------------------------------------------
+
+    def send(self, entry: ProxyLogEntry | Sequence[ProxyLogEntry]) -> None:
+        """Queue one entry, or a sequence of entries as one message; never blocks.
+
+        Raises ``TypeError`` for an object that is not an entry (a programming error).
+        After :meth:`close` the entries are counted as dropped and one warning is logged.
+        """
+        if type(entry) in ENTRY_TYPES:
+            message: Message = entry  # type: ignore[assignment]
+            count = 1
+        else:
+            message = _as_message(entry)
+            count = len(message)
+            if count == 0:
+                return
+        with self._lock:
+            if self._closed:
+                self._dropped += count
+                warn, self._warned_closed = not self._warned_closed, True
+                wake = False
+            else:
+                warn = False
+                if not self._queue:
+                    self._first_time = self._clock()
+                self._queue.append(message)
+                self._sent += count
+                self._queued_since_drain += count
+                wake = self._queued_since_drain >= self._wake_at
+                if wake:
+                    self._wake_at = _NEVER
+        if wake:
+            self._wake_writer()
+        elif warn:
+            logger.warning(
+                "eventlog: send() after close(): %d entries dropped "
+                "(further drops are counted in stats().dropped, not logged)",
+                count,
+            )
+
+    def close(self) -> None:
+        """Stop accepting entries; the writer writes everything sent before, then ends.
+
+        Await the writer task to know when that is done. Closing twice is harmless.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake_at = _NEVER
+        self._wake_writer()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def stats(self) -> LoggerStats:
+        """A consistent snapshot of this logger's counters; callable from any thread."""
+        with self._lock:
+            return LoggerStats(
+                sent=self._sent,
+                written=self._written,
+                batches=self._batches,
+                failed_writes=self._failed_writes,
+                failed=self._failed,
+                dropped=self._dropped,
+                queued=self._sent - self._written - self._failed,
+            )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<LogSender {state} sent={self._sent} written={self._written}>"
+
+    # -- the writer's side -----------------------------------------------------------
+
+    def _drain(self) -> tuple[deque[Message], float, bool]:
+        """Take every queued message: (messages, clock() of the oldest, closed)."""
+        with self._lock:
+            messages = self._queue
+            if messages:
+                self._queue = deque()
+                self._queued_since_drain = 0
+            return messages, self._first_time, self._closed
+
+    async def _wait(self, wake_at: int, timeout: float | None) -> None:
+        """Sleep until ``wake_at`` entries are queued, close(), or ``timeout`` seconds."""
+        loop = self._loop
+        with self._lock:
+            if self._closed or self._queued_since_drain >= wake_at:
+                return
+            waiter = self._waiter = loop.create_future()
+            self._wake_at = wake_at
+        timer = None if timeout is None else loop.call_later(max(timeout, 0.0), self._wake)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self._lock:
+                self._wake_at = _NEVER
+                self._waiter = None
+
+    def _record_write(self, count: int, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self._written += count
+                self._batches += 1
+            else:
+                self._failed += count
+                self._failed_writes += 1
+
+    def _wake(self) -> None:
+        """Wake the writer if it sleeps; runs on the loop's thread."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        """Wake the writer from any thread."""
+        if threading.get_ident() == self._loop_thread:
+            self._wake()
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop is closed: there is no writer left to wake
+                pass
+
+
+def _as_message(entry: object) -> tuple[ProxyLogEntry, ...]:
+    if isinstance(entry, ENTRY_TYPES):
+        return (entry,)  # a subclass of an entry type
+    if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence):
+        raise TypeError(
+            "send() takes an event (ProxyLogEvent, a workflow event or EventPayload) "
+            f"or a sequence of them, got {type(entry).__name__}"
+        )
+    message = tuple(entry)
+    for i, item in enumerate(message):
+        if not isinstance(item, ENTRY_TYPES):
+            raise TypeError(
+                f"send() got a sequence whose item {i} is a {type(item).__name__}, "
+                "not an event"
+            )
+    return message

@@ -1,0 +1,217 @@
+"""The database a logger writes to: PostgreSQL through asyncpg, or SQLite through aiosqlite.
+
+:func:`open_database` is the one way in; it does not connect (so an application starts
+while its database is down) unless asked to migrate.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from itertools import groupby
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from eventlog.events import EventPayload, ProxyLogEntry, ProxyLogEvent
+from eventlog.exceptions import DatabaseError
+from eventlog.rows import event_row, payload_row, workflow_params
+from eventlog.statements import SQLITE_MERGE_FUNCTION, merge_info_json, statements_for
+from eventlog.types import json_dumps, json_loads
+
+__all__ = ["Database", "ProxyDatabase", "normalize_url", "open_database"]
+
+SUPPORTED_URLS = (
+    "postgresql://, postgres://, postgresql+asyncpg://, sqlite:///PATH, "
+    "sqlite+aiosqlite:///PATH, or a file path"
+)
+
+# The drivers cap the bind parameters of one statement (asyncpg 32,767; SQLite 32,766
+# since 3.32): a multi-row INSERT of a large batch is split to stay under the cap.
+_MAX_BIND_PARAMETERS = 32_000
+
+
+@runtime_checkable
+class ProxyDatabase(Protocol):
+    """What the writer needs of a database: write one batch (chronicle's contract)."""
+
+    async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
+        """Write ``entries`` in one transaction, in order; raise if it failed."""
+        ...
+
+
+def normalize_url(url: str | URL | os.PathLike[str]) -> URL:
+    """The SQLAlchemy async URL for any form :func:`open_database` accepts.
+
+    ``ValueError`` names the supported forms for anything else.
+    """
+    if isinstance(url, os.PathLike):
+        url = os.fspath(url)
+    if isinstance(url, str):
+        if "://" not in url:
+            if not url or url.startswith(("postgres:", "postgresql:", "sqlite:")):
+                raise ValueError(f"database url must be one of {SUPPORTED_URLS}; got {url!r}")
+            return URL.create("sqlite+aiosqlite", database=str(Path(url).expanduser()))
+        try:
+            parsed = make_url(url)
+        except ArgumentError as err:
+            raise ValueError(
+                f"database url must be one of {SUPPORTED_URLS}; got {url!r}"
+            ) from err
+    else:
+        parsed = url
+    driver = parsed.drivername
+    if driver in ("postgresql", "postgres", "postgresql+asyncpg"):
+        return parsed.set(drivername="postgresql+asyncpg")
+    if driver in ("sqlite", "sqlite+aiosqlite"):
+        return parsed.set(drivername="sqlite+aiosqlite")
+    raise ValueError(
+        f"database url scheme {driver!r} is not supported; use one of {SUPPORTED_URLS}"
+    )
+
+
+def _is_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def create_engine(url: URL) -> AsyncEngine:
+    """An engine tuned for logging: orjson for JSON, WAL and a busy timeout on SQLite."""
+    options: dict[str, Any] = {
+        "json_serializer": json_dumps,
+        "json_deserializer": json_loads,
+        "pool_pre_ping": True,
+    }
+    if url.get_backend_name() == "sqlite":
+        if _is_memory(url):
+            options["poolclass"] = StaticPool
+        engine = create_async_engine(url, **options)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            # WAL lets readers (analytics, the CLI) work while the writer commits;
+            # synchronous=NORMAL is durable against application crashes in WAL mode.
+            if not _is_memory(url):
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.close()
+            dbapi_connection.create_function(
+                SQLITE_MERGE_FUNCTION, 2, merge_info_json, deterministic=True
+            )
+
+        return engine
+    return create_async_engine(url, **options)
+
+
+class Database:
+    """A PostgreSQL or SQLite database holding the chronicle tables.
+
+    ``engine`` is the SQLAlchemy :class:`~sqlalchemy.ext.asyncio.AsyncEngine`, for your
+    own queries; ``dialect`` is ``"postgresql"`` or ``"sqlite"``.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        name = engine.dialect.name
+        if name not in ("postgresql", "sqlite"):
+            raise ValueError(f"unsupported database dialect {name!r}")
+        self.dialect: Literal["postgresql", "sqlite"] = name  # type: ignore[assignment]
+        self._statements = statements_for(name)
+        self._rows_per_insert = max(1, _MAX_BIND_PARAMETERS // len(_EVENT_COLUMNS))
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        """The database URL, with any password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
+        """Write ``entries`` in one transaction, applying them in order.
+
+        LLM calls and generic events become ``chronicle_events`` rows (a repeated id is
+        stored once); run and step events update ``chronicle_runs``/``chronicle_steps``.
+        """
+        event_rows: list[dict[str, Any]] = []
+        workflow: list[tuple[type, dict[str, Any]]] = []
+        for entry in entries:
+            if isinstance(entry, ProxyLogEvent):
+                event_rows.append(event_row(entry))
+            elif isinstance(entry, EventPayload):
+                event_rows.append(payload_row(entry))
+            else:
+                workflow.append((_workflow_class(entry), workflow_params(entry)))
+        if not event_rows and not workflow:
+            return
+        statements = self._statements
+        try:
+            async with self.engine.begin() as conn:
+                step = self._rows_per_insert
+                for start in range(0, len(event_rows), step):
+                    await conn.execute(
+                        statements.insert_events, event_rows[start : start + step]
+                    )
+                # Consecutive events of one kind share a statement: one executemany.
+                for cls, group in groupby(workflow, key=lambda item: item[0]):
+                    await conn.execute(
+                        statements.workflow[cls], [params for _, params in group]
+                    )
+        except (SQLAlchemyError, OSError) as err:
+            raise DatabaseError(
+                f"writing a batch of {len(entries)} entries to {self.dialect} failed: {err}"
+            ) from err
+
+    async def close(self) -> None:
+        """Close every connection; closing twice is harmless."""
+        if not self._closed:
+            self._closed = True
+            await self.engine.dispose()
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<Database {self.dialect} {self.url}>"
+
+
+_EVENT_COLUMNS = tuple(event_row(ProxyLogEvent()))
+
+
+def _workflow_class(entry: object) -> type:
+    for cls in type(entry).__mro__:
+        if cls in _WORKFLOW_CLASSES:
+            return cls
+    raise TypeError(f"not a log entry: {type(entry).__name__}")
+
+
+_WORKFLOW_CLASSES = frozenset(statements_for("sqlite").workflow)
+
+
+async def open_database(url: str | URL | os.PathLike[str], *, migrate: bool = False) -> Database:
+    """Open the database at ``url``; with ``migrate=True``, bring its schema up to date.
+
+    Without ``migrate`` nothing connects yet, so this succeeds while the database is
+    down: the logger's writes wait for it. A SQLite file's folder is created if missing.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite" and not _is_memory(parsed):
+        assert parsed.database is not None
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    db = Database(create_engine(parsed))
+    if migrate:
+        from eventlog.migrate import upgrade
+
+        try:
+            await upgrade(db.engine)
+        except BaseException:
+            await db.close()
+            raise
+    return db

@@ -1,0 +1,246 @@
+"""Parse chronicle's JSON wire format into event objects, naming what is wrong.
+
+``parse_event`` is for input from outside (HTTP bodies, queues, files): every problem
+raises :class:`~eventlog.InvalidEventError` whose ``field`` is the dotted path of the
+offending value, so a client can be told exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from eventlog.events import (
+    EventPayload,
+    RunStartEvent,
+    RunUpdateEvent,
+    StepEndEvent,
+    StepErrorEvent,
+    StepStartEvent,
+    StepStateEvent,
+    WorkflowEvent,
+    to_utc,
+)
+from eventlog.exceptions import InvalidEventError
+
+__all__ = ["parse_event"]
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+def _get(
+    obj: Mapping[str, Any],
+    key: str,
+    path: str,
+    convert: Callable[[Any, str], T],
+    *,
+    required: bool = False,
+) -> T | None:
+    value = obj.get(key, _MISSING)
+    where = f"{path}{key}"
+    if value is _MISSING or value is None:
+        if required:
+            raise InvalidEventError(where, "is required")
+        return None
+    return convert(value, where)
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidEventError(where, f"must be a string, got {_kind(value)}")
+    return value
+
+
+def _uuid(value: Any, where: str) -> uuid.UUID:
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise InvalidEventError(where, f"must be a UUID string, got {_show(value)}")
+
+
+def _time(value: Any, where: str) -> datetime:
+    if isinstance(value, str):
+        text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+        try:
+            return to_utc(datetime.fromisoformat(text))
+        except ValueError:
+            pass
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        # Unix time: seconds, or milliseconds as JavaScript's Date.now() gives.
+        seconds = value / 1000 if value > 10_000_000_000 else value
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            pass
+    raise InvalidEventError(
+        where, f"must be an ISO 8601 time or Unix seconds, got {_show(value)}"
+    )
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidEventError(where, f"must be an object, got {_kind(value)}")
+    return dict(value)
+
+
+def _tags(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list):
+        raise InvalidEventError(where, f"must be an array of strings, got {_kind(value)}")
+    for i, tag in enumerate(value):
+        if not isinstance(tag, str):
+            raise InvalidEventError(f"{where}.{i}", f"must be a string, got {_kind(tag)}")
+    return list(value)
+
+
+def _any(value: Any, where: str) -> Any:
+    return value
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _time_kw(obj: Mapping[str, Any], path: str = "") -> dict[str, datetime]:
+    when = _get(obj, "time", path, _time)
+    return {} if when is None else {"time": when}
+
+
+def _run_start(obj: Mapping[str, Any]) -> RunStartEvent:
+    return RunStartEvent(
+        id=_get(obj, "id", "", _uuid, required=True),  # type: ignore[arg-type]
+        name=_get(obj, "name", "", _str, required=True),  # type: ignore[arg-type]
+        description=_get(obj, "description", "", _str),
+        status=_get(obj, "status", "", _str),
+        application=_get(obj, "application", "", _str),
+        environment=_get(obj, "environment", "", _str),
+        input=obj.get("input"),
+        trace_id=_get(obj, "trace_id", "", _str),
+        span_id=_get(obj, "span_id", "", _str),
+        tags=_get(obj, "tags", "", _tags) or (),
+        info=_get(obj, "info", "", _object),
+        **_time_kw(obj),
+    )
+
+
+def _run_update(obj: Mapping[str, Any]) -> RunUpdateEvent:
+    return RunUpdateEvent(
+        id=_get(obj, "id", "", _uuid, required=True),  # type: ignore[arg-type]
+        status=_get(obj, "status", "", _str),
+        output=obj.get("output"),
+        info=_get(obj, "info", "", _object),
+        **_time_kw(obj),
+    )
+
+
+def _step_ids(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "step_id": _get(obj, "step_id", "", _uuid, required=True),
+        "run_id": _get(obj, "run_id", "", _uuid, required=True),
+        **_time_kw(obj),
+    }
+
+
+def _data(obj: Mapping[str, Any]) -> dict[str, Any]:
+    data = _get(obj, "data", "", _object)
+    return {} if data is None else data
+
+
+def _step_start(obj: Mapping[str, Any]) -> StepStartEvent:
+    data = _data(obj)
+    if "data" not in obj or obj["data"] is None:
+        raise InvalidEventError("data", "is required")
+    return StepStartEvent(
+        **_step_ids(obj),
+        type=_get(data, "type", "data.", _str, required=True),  # type: ignore[arg-type]
+        name=_get(data, "name", "data.", _str),
+        parent_step=_get(data, "parent_step", "data.", _uuid),
+        span_id=_get(data, "span_id", "data.", _str),
+        tags=_get(data, "tags", "data.", _tags) or (),
+        info=_get(data, "info", "data.", _object),
+        input=data.get("input"),
+    )
+
+
+def _step_end(obj: Mapping[str, Any]) -> StepEndEvent:
+    data = _data(obj)
+    return StepEndEvent(
+        **_step_ids(obj),
+        output=data.get("output"),
+        info=_get(data, "info", "data.", _object),
+    )
+
+
+def _step_error(obj: Mapping[str, Any]) -> StepErrorEvent:
+    data = _data(obj)
+    return StepErrorEvent(**_step_ids(obj), error=data.get("error"))
+
+
+def _step_state(obj: Mapping[str, Any]) -> StepStateEvent:
+    data = _data(obj)
+    if "data" not in obj or obj["data"] is None:
+        raise InvalidEventError("data", "is required")
+    state = _get(data, "state", "data.", _str, required=True)
+    return StepStateEvent(**_step_ids(obj), state=state)  # type: ignore[arg-type]
+
+
+def _generic(obj: Mapping[str, Any]) -> EventPayload:
+    optional_id = _get(obj, "id", "", _uuid)
+    return EventPayload(
+        type=obj["type"],
+        data=obj.get("data"),
+        error=obj.get("error"),
+        run_id=_get(obj, "run_id", "", _uuid),
+        step_id=_get(obj, "step_id", "", _uuid),
+        **_time_kw(obj),
+        **({} if optional_id is None else {"id": optional_id}),
+    )
+
+
+_PARSERS: dict[str, Callable[[Mapping[str, Any]], WorkflowEvent]] = {
+    RunStartEvent.TYPE: _run_start,
+    RunUpdateEvent.TYPE: _run_update,
+    StepStartEvent.TYPE: _step_start,
+    StepEndEvent.TYPE: _step_end,
+    StepErrorEvent.TYPE: _step_error,
+    StepStateEvent.TYPE: _step_state,
+}
+
+
+def parse_event(obj: Any) -> WorkflowEvent:
+    """Build the event that one JSON object of chronicle's wire format describes.
+
+    ``obj["type"]`` picks the class: ``run:start``, ``run:update``, ``step:start``,
+    ``step:end``, ``step:error``, ``step:state``, or any other string for a generic
+    :class:`~eventlog.EventPayload`. Unknown keys are ignored, as chronicle does.
+    Raises :class:`~eventlog.InvalidEventError` naming the offending field.
+    """
+    if not isinstance(obj, Mapping):
+        raise InvalidEventError("", f"must be a JSON object, got {_kind(obj)}")
+    typ = obj.get("type", _MISSING)
+    if typ is _MISSING or typ is None:
+        raise InvalidEventError("type", "is required")
+    if not isinstance(typ, str) or not typ:
+        raise InvalidEventError("type", f"must be a non-empty string, got {_show(typ)}")
+    return _PARSERS.get(typ, _generic)(obj)

@@ -1,0 +1,209 @@
+"""How an entry becomes the values of a row: one place, shared by every backend.
+
+Follows chronicle's mapping (``internal_metadata`` -> ``organization_id`` ...,
+``metadata`` -> ``request_*`` and the workflow columns, ``extra`` -> ``meta``), and adds
+the token columns read from the response's ``usage`` in either OpenAI's shape
+(``prompt_tokens``/``completion_tokens``/``total_tokens``) or Anthropic's
+(``input_tokens``/``output_tokens``). Absent values stay ``None`` (SQL NULL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from eventlog.events import (
+    EventPayload,
+    ProxyLogEvent,
+    RunStartEvent,
+    RunUpdateEvent,
+    StepEndEvent,
+    StepErrorEvent,
+    StepStartEvent,
+    StepStateEvent,
+)
+
+__all__ = ["event_row", "payload_row", "token_counts", "workflow_params"]
+
+Row = dict[str, Any]
+
+
+def _ms(value: timedelta | None) -> int | None:
+    return None if value is None else round(value.total_seconds() * 1000)
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def token_counts(response: Any) -> tuple[int | None, int | None, int | None]:
+    """(prompt, completion, total) tokens from a response body's ``usage``."""
+    if not isinstance(response, Mapping):
+        return None, None, None
+    usage = response.get("usage")
+    if not isinstance(usage, Mapping):
+        return None, None, None
+    prompt = _int(usage.get("prompt_tokens"))
+    if prompt is None:
+        prompt = _int(usage.get("input_tokens"))
+    completion = _int(usage.get("completion_tokens"))
+    if completion is None:
+        completion = _int(usage.get("output_tokens"))
+    total = _int(usage.get("total_tokens"))
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
+    return prompt, completion, total
+
+
+def _model(event: ProxyLogEvent) -> str | None:
+    if event.model is not None:
+        return event.model
+    for body in (event.response, event.request):
+        if isinstance(body, Mapping) and isinstance(body.get("model"), str):
+            return body["model"]
+    return None
+
+
+def _object_or_wrapped(value: Any) -> Any:
+    """``meta`` always holds an object: a non-object value is kept as ``{"data": v}``."""
+    if value is None or isinstance(value, Mapping):
+        return value
+    return {"data": value}
+
+
+def event_row(event: ProxyLogEvent) -> Row:
+    """The ``chronicle_events`` row of an LLM call."""
+    meta = event.metadata
+    internal = event.internal_metadata
+    prompt, completion, total = token_counts(event.response)
+    return {
+        "id": event.id,
+        "event_type": event.event_type,
+        "organization_id": internal.organization_id,
+        "project_id": internal.project_id,
+        "user_id": internal.user_id,
+        "chat_request": event.request,
+        "chat_response": event.response,
+        "error": event.error,
+        "provider": event.provider,
+        "model": _model(event),
+        "application": meta.application,
+        "environment": meta.environment,
+        "request_organization_id": meta.organization_id,
+        "request_project_id": meta.project_id,
+        "request_user_id": meta.user_id,
+        "workflow_id": meta.workflow_id,
+        "workflow_name": meta.workflow_name,
+        "run_id": meta.run_id,
+        "step_id": meta.step_id,
+        "step_index": meta.step_index,
+        "prompt_id": meta.prompt_id,
+        "prompt_version": meta.prompt_version,
+        "meta": meta.extra or None,
+        "response_meta": event.response_meta or None,
+        "retries": event.num_retries,
+        "rate_limited": event.was_rate_limited,
+        "request_latency_ms": _ms(event.latency),
+        "total_latency_ms": _ms(event.total_latency),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "created_at": event.timestamp,
+    }
+
+
+_EMPTY_EVENT_ROW: Row = dict.fromkeys(event_row(ProxyLogEvent()))
+
+
+def payload_row(event: EventPayload) -> Row:
+    """The ``chronicle_events`` row of a generic event: ``data`` goes to ``meta``."""
+    row = dict(_EMPTY_EVENT_ROW)
+    row["id"] = event.id
+    row["event_type"] = event.type
+    row["meta"] = _object_or_wrapped(event.data)
+    row["error"] = event.error
+    row["run_id"] = event.run_id
+    row["step_id"] = event.step_id
+    row["created_at"] = event.time
+    internal = event.internal_metadata
+    if internal is not None:
+        row["organization_id"] = internal.organization_id
+        row["project_id"] = internal.project_id
+        row["user_id"] = internal.user_id
+    return row
+
+
+def _info(value: Any) -> Any:
+    return _object_or_wrapped(value) if value is not None else None
+
+
+def workflow_params(event: Any) -> Row:
+    """The bound values of the statement that applies a run or step event."""
+    if type(event) is RunStartEvent:
+        return {
+            "id": event.id,
+            "name": event.name,
+            "description": event.description,
+            "application": event.application,
+            "environment": event.environment,
+            "input": event.input,
+            "status": event.status or "started",
+            "trace_id": event.trace_id,
+            "span_id": event.span_id,
+            "tags": list(event.tags) or None,
+            "info": _info(event.info),
+            "created_at": event.time,
+            "updated_at": event.time,
+        }
+    if type(event) is RunUpdateEvent:
+        return {
+            "id": event.id,
+            "status": event.status or "finished",
+            "output": event.output,
+            "info": _info(event.info),
+            "created_at": event.time,
+            "updated_at": event.time,
+        }
+    if type(event) is StepStartEvent:
+        return {
+            "id": event.step_id,
+            "run_id": event.run_id,
+            "type": event.type,
+            "parent_step": event.parent_step,
+            "name": event.name,
+            "input": event.input,
+            "status": "started",
+            "tags": list(event.tags) or None,
+            "info": _info(event.info),
+            "span_id": event.span_id,
+            "start_time": event.time,
+        }
+    if type(event) is StepEndEvent:
+        return {
+            "id": event.step_id,
+            "run_id": event.run_id,
+            "status": "finished",
+            "output": event.output,
+            "info": _info(event.info),
+            "end_time": event.time,
+        }
+    if type(event) is StepErrorEvent:
+        # As chronicle: the error is the step's output, and the status says it failed.
+        return {
+            "id": event.step_id,
+            "run_id": event.run_id,
+            "status": "error",
+            "output": event.error,
+            "info": None,
+            "end_time": event.time,
+        }
+    if type(event) is StepStateEvent:
+        return {"id": event.step_id, "run_id": event.run_id, "status": event.state}
+    raise TypeError(f"not a run or step event: {type(event).__name__}")

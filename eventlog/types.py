@@ -1,0 +1,100 @@
+"""Column types that mean the same on PostgreSQL and SQLite.
+
+PostgreSQL gets its native types (uuid, jsonb, timestamptz, text[]); SQLite gets the
+nearest portable ones, chosen so that plain SQL on the file stays readable: ids as the
+usual 36-character text, JSON as text, times as fixed-width UTC text
+(``2026-11-22 18:25:58.123456``: sorts correctly and SQLite's date functions read it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, DateTime, Dialect, String, Text, TypeDecorator, Uuid
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.types import TypeEngine
+
+__all__ = ["JsonType", "TagsType", "UTCDateTime", "UUIDType", "json_dumps", "json_loads"]
+
+
+def _default(value: Any) -> Any:
+    # orjson already handles datetime, UUID, dataclasses and enums; the rest as text
+    # rather than failing the whole batch (issue-level sanitising comes later).
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_dumps(value: Any) -> str:
+    """Serialise to JSON text for a JSON/jsonb column."""
+    return orjson.dumps(value, default=_default, option=_OPTIONS).decode()
+
+
+def json_loads(text: str | bytes) -> Any:
+    """Parse JSON text read from a JSON column."""
+    return orjson.loads(text)
+
+
+class UUIDType(TypeDecorator[uuid.UUID]):
+    """Native ``uuid`` on PostgreSQL, 36-character text elsewhere."""
+
+    impl = String(36)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(Uuid(as_uuid=True))
+        return dialect.type_descriptor(String(36))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None or dialect.name == "postgresql":
+            return value
+        return str(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> uuid.UUID | None:
+        if value is None or isinstance(value, uuid.UUID):
+            return value
+        return uuid.UUID(value)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``timestamptz`` on PostgreSQL; on SQLite, UTC text with microseconds.
+
+    Always binds and returns aware UTC datetimes; a naive input is taken as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        elif value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+JsonType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+"""JSON text on SQLite, ``jsonb`` on PostgreSQL; Python ``None`` is SQL NULL."""
+
+TagsType = JSON(none_as_null=True).with_variant(ARRAY(Text), "postgresql")
+"""A list of strings: ``text[]`` on PostgreSQL, a JSON array on SQLite."""

@@ -1,0 +1,151 @@
+"""The writer task: drain the channel, batch, and hand each batch to the database.
+
+A batch is flushed when ``batch_size`` entries are pending, or when the *oldest* pending
+entry has waited ``debounce_time`` (chronicle restarts its timer on every message, so a
+steady trickle can wait for a full batch; here no entry waits longer than
+``debounce_time`` plus the write), and finally when the sender is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import timedelta
+
+from eventlog._log import RateLimitedLog
+from eventlog.channel import LogSender
+from eventlog.database import ProxyDatabase
+from eventlog.events import ProxyLogEntry
+
+__all__ = ["Clock", "start_database_logger"]
+
+Clock = Callable[[], float]
+"""Monotonic seconds. A clock with a ``subscribe(callback)`` method (such as
+:class:`eventlog.testing.ManualClock`) calls ``callback()`` whenever it jumps, so the
+writer re-reads it at once instead of sleeping in real time."""
+
+_log_failed_write = RateLimitedLog(40)  # logging.ERROR
+
+
+def start_database_logger(
+    db: ProxyDatabase,
+    batch_size: int = 100,
+    debounce_time: float | timedelta = 1.0,
+    *,
+    clock: Clock | None = None,
+) -> tuple[LogSender, asyncio.Task[None]]:
+    """Start the writer task on the running loop; return ``(sender, task)``.
+
+    ``db`` is a :class:`~eventlog.Database` (or anything with ``write_log_batch``).
+    ``sender.close()`` makes the task write everything sent before, then end.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(debounce_time, timedelta):
+        debounce = debounce_time.total_seconds()
+    elif isinstance(debounce_time, (int, float)) and not isinstance(debounce_time, bool):
+        debounce = float(debounce_time)
+    else:
+        raise ValueError(
+            "debounce_time must be seconds (a float) or a timedelta, "
+            f"got {type(debounce_time).__name__}"
+        )
+    if not math.isfinite(debounce) or debounce < 0:
+        raise ValueError(f"debounce_time must be finite and >= 0 seconds, got {debounce_time!r}")
+    if not callable(getattr(db, "write_log_batch", None)):
+        raise TypeError(f"db must have an async write_log_batch(entries), got {type(db).__name__}")
+    if clock is not None and not callable(clock):
+        raise TypeError(f"clock must be a callable returning seconds, got {type(clock).__name__}")
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "start_database_logger() must be called inside a running event loop "
+            "(for example in an async function or an ASGI lifespan)"
+        ) from None
+    clock = clock or time.monotonic
+    sender = LogSender(loop, clock)
+    subscribe = getattr(clock, "subscribe", None)
+    if callable(subscribe):
+        subscribe(sender._wake_writer)
+    task = loop.create_task(
+        _write_loop(db, sender, batch_size, debounce, clock), name="eventlog-writer"
+    )
+    return sender, task
+
+
+async def _write_loop(
+    db: ProxyDatabase,
+    sender: LogSender,
+    batch_size: int,
+    debounce: float,
+    clock: Clock,
+) -> None:
+    pending: deque[ProxyLogEntry] = deque()
+    # (count, clock() of the first) for each drain still in `pending`, oldest first:
+    # tells the age of the oldest pending entry after a partial flush.
+    arrivals: deque[_Arrival] = deque()
+    while True:
+        messages, first_time, closed = sender._drain()
+        if messages:
+            before = len(pending)
+            for message in messages:
+                if type(message) is tuple:
+                    pending.extend(message)
+                else:
+                    pending.append(message)  # type: ignore[arg-type]
+            arrivals.append(_Arrival(len(pending) - before, first_time))
+        if not pending:
+            if closed:
+                return
+            await sender._wait(1, None)
+            continue
+        waited = clock() - arrivals[0].time
+        if len(pending) >= batch_size or closed or waited >= debounce:
+            count = min(batch_size, len(pending))
+            batch = [pending.popleft() for _ in range(count)]
+            _forget(arrivals, count)
+            await _write(db, sender, batch)
+            continue  # drain what came in during the write before deciding again
+        await sender._wait(batch_size - len(pending), debounce - waited)
+
+
+class _Arrival:
+    """``count`` entries drained together, the oldest sent at ``time``."""
+
+    __slots__ = ("count", "time")
+
+    def __init__(self, count: int, time: float) -> None:
+        self.count = count
+        self.time = time
+
+
+def _forget(arrivals: deque[_Arrival], count: int) -> None:
+    """Drop the first ``count`` entries' arrival records."""
+    while count:
+        first = arrivals[0]
+        if first.count <= count:
+            count -= first.count
+            arrivals.popleft()
+        else:
+            first.count -= count
+            count = 0
+
+
+async def _write(db: ProxyDatabase, sender: LogSender, batch: list[ProxyLogEntry]) -> None:
+    try:
+        await db.write_log_batch(batch)
+    except Exception as err:
+        sender._record_write(len(batch), ok=False)
+        _log_failed_write(
+            "eventlog: failed to write a batch of %d entries: %s: %s",
+            len(batch),
+            type(err).__name__,
+            err,
+            exc_info=err,
+        )
+    else:
+        sender._record_write(len(batch), ok=True)
