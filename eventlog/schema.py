@@ -15,6 +15,9 @@ Differences from chronicle, each on purpose:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from sqlalchemy import (
     Boolean,
     Column,
@@ -27,7 +30,14 @@ from sqlalchemy import (
 
 from eventlog.types import JsonType, TagsType, UTCDateTime, UUIDType
 
-__all__ = ["chronicle_events", "chronicle_runs", "chronicle_steps", "metadata"]
+__all__ = [
+    "POSTGRESQL_ONLY_INDEXES",
+    "chronicle_events",
+    "chronicle_runs",
+    "chronicle_steps",
+    "include_object_for",
+    "metadata",
+]
 
 metadata = MetaData()
 
@@ -119,10 +129,24 @@ chronicle_steps = Table(
     Index("chronicle_steps_run_id_idx", "run_id"),
 )
 
-# Tag searches (`tags @> ARRAY['x']`) on PostgreSQL, as chronicle has them.
-Index("chronicle_runs_tags_idx", chronicle_runs.c.tags, postgresql_using="gin").ddl_if(
-    dialect="postgresql"
-)
-Index("chronicle_steps_tags_idx", chronicle_steps.c.tags, postgresql_using="gin").ddl_if(
-    dialect="postgresql"
-)
+# Tag searches (`tags @> ARRAY['x']`) on PostgreSQL, as chronicle has them; SQLite
+# keeps tags as JSON text, where an index would cost inserts and serve no query.
+POSTGRESQL_ONLY_INDEXES = frozenset({"chronicle_runs_tags_idx", "chronicle_steps_tags_idx"})
+for _table in (chronicle_runs, chronicle_steps):
+    Index(f"{_table.name}_tags_idx", _table.c.tags, postgresql_using="gin").ddl_if(
+        dialect="postgresql"
+    )
+
+
+def include_object_for(dialect: str) -> Callable[[Any, str | None, str, bool, Any], bool]:
+    """alembic's ``include_object`` hook for comparing a ``dialect`` database with the
+    metadata: PostgreSQL-only indexes are not expected on SQLite."""
+
+    def include_object(
+        obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        return not (
+            dialect != "postgresql" and type_ == "index" and name in POSTGRESQL_ONLY_INDEXES
+        )
+
+    return include_object

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, DateTime, Dialect, String, Text, TypeDecorator, Uuid
+from sqlalchemy import DateTime, Dialect, String, Text, TypeDecorator, Uuid
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import TypeEngine
 
-__all__ = ["JsonType", "TagsType", "UTCDateTime", "UUIDType", "json_dumps", "json_loads"]
+__all__ = ["JSONText", "JsonType", "TagsType", "UTCDateTime", "UUIDType", "json_dumps", "json_loads"]
 
 
 def _default(value: Any) -> Any:
@@ -93,8 +93,23 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-JsonType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+class JSONText(TypeDecorator[Any]):
+    """JSON stored in a ``TEXT`` column: SQLite gives a column declared ``JSON`` numeric
+    affinity, which would turn the JSON text ``1`` into the integer 1 (and big integers
+    into floats). SQLite's json functions read the text as usual."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else json_dumps(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else json_loads(value)
+
+
+JsonType = JSONText().with_variant(JSONB(none_as_null=True), "postgresql")
 """JSON text on SQLite, ``jsonb`` on PostgreSQL; Python ``None`` is SQL NULL."""
 
-TagsType = JSON(none_as_null=True).with_variant(ARRAY(Text), "postgresql")
+TagsType = JSONText().with_variant(ARRAY(Text), "postgresql")
 """A list of strings: ``text[]`` on PostgreSQL, a JSON array on SQLite."""

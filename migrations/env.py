@@ -19,7 +19,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from eventlog.database import create_engine, normalize_url
-from eventlog.schema import metadata
+from eventlog.schema import include_object_for, metadata
 
 config = context.config
 target_metadata = metadata
@@ -49,6 +49,7 @@ def _configure(connection: Connection) -> None:
         # SQLite cannot ALTER most things: batch mode recreates the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=include_object_for(connection.dialect.name),
     )
 
 

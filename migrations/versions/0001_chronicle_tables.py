@@ -28,7 +28,8 @@ def _types() -> tuple[sa.types.TypeEngine, sa.types.TypeEngine, sa.types.TypeEng
     """(uuid, json, tags) for the dialect being migrated."""
     if op.get_context().dialect.name == "postgresql":
         return postgresql.UUID(as_uuid=True), postgresql.JSONB(), postgresql.ARRAY(sa.Text())
-    return sa.String(36), sa.JSON(), sa.JSON()
+    # JSON as TEXT: a column declared JSON gets numeric affinity in SQLite.
+    return sa.String(36), sa.Text(), sa.Text()
 
 
 def upgrade() -> None:

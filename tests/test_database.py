@@ -1,0 +1,513 @@
+"""What lands in the tables, on a real SQLite file and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+
+from eventlog import (
+    Database,
+    EventPayload,
+    ProxyLogEntry,
+    ProxyLogEvent,
+    RunStartEvent,
+    RunUpdateEvent,
+    StepEndEvent,
+    StepErrorEvent,
+    StepStartEvent,
+    StepStateEvent,
+    start_database_logger,
+)
+from eventlog.ids import uuid7
+from eventlog.schema import chronicle_events, chronicle_runs, chronicle_steps
+
+T0 = datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+async def log(db: Database, entries: Sequence[ProxyLogEntry], batch_size: int = 100) -> None:
+    """Send ``entries`` through a logger and wait until they are written."""
+    sender, task = start_database_logger(db, batch_size=batch_size, debounce_time=60)
+    sender.send(entries)
+    sender.close()
+    await task
+    stats = sender.stats()
+    assert stats.failed_writes == 0, stats
+    assert stats.written == len(entries)
+
+
+async def rows(db: Database, table: Any, *where: Any) -> list[dict[str, Any]]:
+    async with db.engine.connect() as conn:
+        result = await conn.execute(select(table).where(*where).order_by(table.c.id))
+        return [dict(r) for r in result.mappings()]
+
+
+async def count(db: Database, table: Any) -> int:
+    async with db.engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
+
+
+def llm_event(**kwargs: Any) -> ProxyLogEvent:
+    return ProxyLogEvent(
+        request={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+        response={
+            "model": "gpt-4o-2024-08-06",
+            "choices": [{"message": {"role": "assistant", "content": "hello"}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+        },
+        provider="openai",
+        **kwargs,
+    )
+
+
+async def test_llm_call_fills_every_column(db: Database) -> None:
+    run_id, step_id = uuid7(), uuid7()
+    event = llm_event(
+        timestamp=T0,
+        latency=timedelta(milliseconds=1234),
+        total_latency=2.5,
+        num_retries=2,
+        was_rate_limited=True,
+        error={"message": "first try failed"},
+        metadata={
+            "application": "chat",
+            "environment": "prod",
+            "organization_id": "req-org",
+            "project_id": "req-proj",
+            "user_id": "req-user",
+            "workflow_id": "wf",
+            "workflow_name": "Workflow",
+            "run_id": run_id,
+            "step_id": step_id,
+            "step_index": 3,
+            "prompt_id": "p",
+            "prompt_version": 7,
+            "custom": {"nested": [1, 2]},
+        },
+        internal_metadata={"organization_id": "org", "project_id": "proj", "user_id": "user"},
+        response_meta={"region": "us"},
+    )
+    await log(db, [event])
+    (row,) = await rows(db, chronicle_events)
+    assert row == {
+        "id": event.id,
+        "event_type": "chronicle_llm_request",
+        "organization_id": "org",
+        "project_id": "proj",
+        "user_id": "user",
+        "chat_request": event.request,
+        "chat_response": event.response,
+        "error": {"message": "first try failed"},
+        "provider": "openai",
+        "model": "gpt-4o-2024-08-06",
+        "application": "chat",
+        "environment": "prod",
+        "request_organization_id": "req-org",
+        "request_project_id": "req-proj",
+        "request_user_id": "req-user",
+        "workflow_id": "wf",
+        "workflow_name": "Workflow",
+        "run_id": run_id,
+        "step_id": step_id,
+        "step_index": 3,
+        "prompt_id": "p",
+        "prompt_version": 7,
+        "meta": {"custom": {"nested": [1, 2]}},
+        "response_meta": {"region": "us"},
+        "retries": 2,
+        "rate_limited": True,
+        "request_latency_ms": 1234,
+        "total_latency_ms": 2500,
+        "prompt_tokens": 9,
+        "completion_tokens": 2,
+        "total_tokens": 11,
+        "created_at": T0,
+    }
+
+
+async def test_absent_values_are_sql_null_not_json_null(db: Database) -> None:
+    await log(db, [ProxyLogEvent(), EventPayload(type="bare")])
+    columns = ["chat_request", "chat_response", "error", "meta", "response_meta", "model"]
+    async with db.engine.connect() as conn:
+        nulls = (
+            await conn.execute(
+                text(
+                    "SELECT "
+                    + ", ".join(f"SUM(CASE WHEN {c} IS NULL THEN 1 ELSE 0 END)" for c in columns)
+                    + " FROM chronicle_events"
+                )
+            )
+        ).one()
+    assert list(nulls) == [2] * len(columns)
+
+
+async def test_created_at_keeps_microseconds(db: Database) -> None:
+    times = [T0 + timedelta(microseconds=i) for i in (0, 1, 999_999)]
+    await log(db, [EventPayload(type="t", time=t) for t in times])
+    stored = sorted(r["created_at"] for r in await rows(db, chronicle_events))
+    assert stored == times
+
+
+async def test_anthropic_usage_fills_the_token_columns(db: Database) -> None:
+    event = ProxyLogEvent(
+        provider="anthropic",
+        model="claude-sonnet-4",
+        response={"usage": {"input_tokens": 30, "output_tokens": 12}},
+    )
+    await log(db, [event])
+    (row,) = await rows(db, chronicle_events)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (30, 12, 42)
+
+
+async def test_generic_event_row(db: Database) -> None:
+    run_id, step_id = uuid7(), uuid7()
+    event = EventPayload(
+        type="feedback",
+        data={"score": 5},
+        error={"message": "m"},
+        run_id=run_id,
+        step_id=step_id,
+        time=T0,
+        internal_metadata={"organization_id": "org"},
+    )
+    await log(db, [event])
+    (row,) = await rows(db, chronicle_events)
+    assert row["event_type"] == "feedback"
+    assert row["meta"] == {"score": 5}
+    assert row["error"] == {"message": "m"}
+    assert (row["run_id"], row["step_id"], row["created_at"]) == (run_id, step_id, T0)
+    assert row["organization_id"] == "org"
+
+
+async def test_same_event_sent_twice_is_stored_once(db: Database) -> None:
+    event = llm_event()
+    payload = EventPayload(type="x")
+    await log(db, [event, payload, event])  # twice in one batch
+    await log(db, [event, payload])  # and again later
+    assert await count(db, chronicle_events) == 2
+
+
+async def test_batch_far_above_the_bind_parameter_limit_is_written(db: Database) -> None:
+    # 5,000 rows x 32 columns = 160,000 values: one naive multi-row INSERT would exceed
+    # the drivers' limit (32,767 on asyncpg, 32,766 on SQLite).
+    entries = [llm_event() for _ in range(5_000)]
+    await db.write_log_batch(entries)
+    assert await count(db, chronicle_events) == 5_000
+
+
+async def test_large_message_is_split_into_batches_and_all_written(db: Database) -> None:
+    entries = [EventPayload(type="bulk", data={"i": i}) for i in range(2_500)]
+    sender, task = start_database_logger(db, batch_size=1000, debounce_time=60)
+    sender.send(entries)
+    sender.close()
+    await task
+    assert sender.stats().batches == 3
+    assert await count(db, chronicle_events) == 2_500
+
+
+async def test_sends_from_eight_threads_are_all_written_once(db: Database) -> None:
+    sender, task = start_database_logger(db, batch_size=200, debounce_time=0.01)
+    per_thread = 500
+    barrier = threading.Barrier(8)
+    sent: list[list[uuid.UUID]] = [[] for _ in range(8)]
+
+    def produce(n: int) -> None:
+        barrier.wait()
+        for i in range(per_thread):
+            event = EventPayload(type="thread", data={"thread": n, "i": i})
+            sent[n].append(event.id)
+            if i % 50 == 0:
+                sender.send([event])
+            else:
+                sender.send(event)
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        await asyncio.to_thread(thread.join)
+    sender.close()
+    await task
+    async with db.engine.connect() as conn:
+        ids = (await conn.execute(select(chronicle_events.c.id))).scalars().all()
+    assert len(ids) == 8 * per_thread
+    assert set(ids) == {i for ids_ in sent for i in ids_}
+    assert sender.stats().written == sender.stats().sent == 8 * per_thread
+
+
+async def test_entries_are_applied_in_the_order_sent(db: Database) -> None:
+    run_id = uuid7()
+    await log(
+        db,
+        [
+            RunStartEvent(id=run_id, name="r", time=T0),
+            RunUpdateEvent(id=run_id, status="running", info={"n": 1}, time=T0),
+            RunUpdateEvent(id=run_id, status="finished", output="o", info={"n": 2}, time=T0),
+        ],
+    )
+    (run,) = await rows(db, chronicle_runs)
+    assert (run["status"], run["output"], run["info"]) == ("finished", "o", {"n": 2})
+
+
+def _workflow(run_id: uuid.UUID, step_id: uuid.UUID, child_id: uuid.UUID) -> list[ProxyLogEntry]:
+    """A run with a step and a failed child step, each event a second after the last."""
+    t = [T0 + timedelta(seconds=i) for i in range(8)]
+    return [
+        RunStartEvent(
+            id=run_id,
+            name="pipeline",
+            description="d",
+            application="app",
+            environment="test",
+            input={"q": "?"},
+            trace_id="trace",
+            span_id="span",
+            tags=["a", "b"],
+            info={"shared": "start", "from_start": 1},
+            time=t[0],
+        ),
+        StepStartEvent(
+            step_id=step_id,
+            run_id=run_id,
+            type="llm",
+            name="ask",
+            span_id="s1",
+            tags=["x"],
+            info={"shared": "start", "s": 1},
+            input={"prompt": "p"},
+            time=t[1],
+        ),
+        StepStateEvent(step_id=step_id, run_id=run_id, state="waiting", time=t[2]),
+        StepStartEvent(
+            step_id=child_id, run_id=run_id, type="tool", parent_step=step_id, time=t[3]
+        ),
+        StepErrorEvent(step_id=child_id, run_id=run_id, error={"message": "boom"}, time=t[4]),
+        StepEndEvent(
+            step_id=step_id,
+            run_id=run_id,
+            output={"answer": 42},
+            info={"shared": "end", "e": 2},
+            time=t[5],
+        ),
+        RunUpdateEvent(
+            id=run_id,
+            status="finished",
+            output={"final": True},
+            info={"shared": "update", "u": 3},
+            time=t[6],
+        ),
+    ]
+
+
+def _expected(run_id: uuid.UUID, step_id: uuid.UUID, child_id: uuid.UUID) -> tuple[Any, Any]:
+    t = [T0 + timedelta(seconds=i) for i in range(8)]
+    run = {
+        "id": run_id,
+        "name": "pipeline",
+        "description": "d",
+        "application": "app",
+        "environment": "test",
+        "input": {"q": "?"},
+        "output": {"final": True},
+        "status": "finished",
+        "trace_id": "trace",
+        "span_id": "span",
+        "tags": ["a", "b"],
+        "info": {"shared": "update", "from_start": 1, "u": 3},
+        "updated_at": t[6],
+        "created_at": t[0],
+    }
+    step = {
+        "id": step_id,
+        "run_id": run_id,
+        "type": "llm",
+        "parent_step": None,
+        "name": "ask",
+        "input": {"prompt": "p"},
+        "output": {"answer": 42},
+        "status": "finished",
+        "tags": ["x"],
+        "info": {"shared": "end", "s": 1, "e": 2},
+        "span_id": "s1",
+        "start_time": t[1],
+        "end_time": t[5],
+    }
+    child = {
+        "id": child_id,
+        "run_id": run_id,
+        "type": "tool",
+        "parent_step": step_id,
+        "name": None,
+        "input": None,
+        "output": {"message": "boom"},
+        "status": "error",
+        "tags": None,
+        "info": None,
+        "span_id": None,
+        "start_time": t[3],
+        "end_time": t[4],
+    }
+    return run, sorted([step, child], key=lambda r: r["id"])
+
+
+async def test_workflow_events_in_order_build_runs_and_steps(db: Database) -> None:
+    ids = (uuid7(), uuid7(), uuid7())
+    await log(db, _workflow(*ids))
+    run, steps = _expected(*ids)
+    assert await rows(db, chronicle_runs) == [run]
+    assert await rows(db, chronicle_steps) == steps
+
+
+async def test_workflow_events_in_any_order_give_the_same_rows(db: Database) -> None:
+    # Every permutation of the 7 events is too many (5,040); take every rotation and
+    # reversal, plus a fixed sample of shuffles, each workflow with its own ids.
+    base = list(range(7))
+    orders = {tuple(base[i:] + base[:i]) for i in range(7)}
+    orders |= {tuple(reversed(o)) for o in orders}
+    orders |= set(itertools.islice(itertools.permutations(base), 0, 5040, 97))
+    expected_runs, expected_steps, entries = [], [], []
+    for order in sorted(orders):
+        ids = (uuid7(), uuid7(), uuid7())
+        events = _workflow(*ids)
+        entries.extend(events[i] for i in order)
+        run, steps = _expected(*ids)
+        expected_runs.append(run)
+        expected_steps.extend(steps)
+    assert len(orders) > 60
+    await log(db, entries, batch_size=50)
+    assert await rows(db, chronicle_runs) == sorted(expected_runs, key=lambda r: r["id"])
+    assert await rows(db, chronicle_steps) == sorted(expected_steps, key=lambda r: r["id"])
+
+
+async def test_each_workflow_event_may_arrive_in_its_own_batch_before_its_start(
+    db: Database,
+) -> None:
+    ids = (uuid7(), uuid7(), uuid7())
+    for event in reversed(_workflow(*ids)):
+        await log(db, [event])
+    run, steps = _expected(*ids)
+    assert await rows(db, chronicle_runs) == [run]
+    assert await rows(db, chronicle_steps) == steps
+
+
+async def test_run_start_resent_later_does_not_reset_a_finished_run(db: Database) -> None:
+    ids = (uuid7(), uuid7(), uuid7())
+    events = _workflow(*ids)
+    await log(db, events)
+    await log(db, events[:2])  # a client retries its start events
+    run, steps = _expected(*ids)
+    assert await rows(db, chronicle_runs) == [run]
+    assert await rows(db, chronicle_steps) == steps
+
+
+async def test_run_start_may_set_its_own_status(db: Database) -> None:
+    run_id = uuid7()
+    await log(db, [RunStartEvent(id=run_id, name="r", status="queued")])
+    (run,) = await rows(db, chronicle_runs)
+    assert run["status"] == "queued"
+    await log(db, [RunStartEvent(id=run_id, name="r", status="queued")])
+    await log(db, [RunUpdateEvent(id=run_id)])
+    (run,) = await rows(db, chronicle_runs)
+    assert run["status"] == "finished"  # chronicle: an update without status finishes
+
+
+async def test_run_update_without_output_keeps_the_output(db: Database) -> None:
+    run_id = uuid7()
+    await log(
+        db,
+        [
+            RunStartEvent(id=run_id, name="r"),
+            RunUpdateEvent(id=run_id, status="running", output={"partial": 1}),
+            RunUpdateEvent(id=run_id, status="finished", info={"k": None}),
+        ],
+    )
+    (run,) = await rows(db, chronicle_runs)
+    assert run["output"] == {"partial": 1}
+    # A key set to null is kept as null on both backends (not deleted, as json_patch would).
+    assert run["info"] == {"k": None}
+
+
+async def test_info_merge_is_shallow_on_both_backends(db: Database) -> None:
+    run_id = uuid7()
+    await log(
+        db,
+        [
+            RunStartEvent(id=run_id, name="r", info={"nested": {"a": 1, "b": 2}, "keep": 1}),
+            RunUpdateEvent(id=run_id, info={"nested": {"a": 9}}),
+        ],
+    )
+    (run,) = await rows(db, chronicle_runs)
+    assert run["info"] == {"nested": {"a": 9}, "keep": 1}
+
+
+async def test_step_state_after_the_end_does_not_reopen_the_step(db: Database) -> None:
+    run_id, step_id = uuid7(), uuid7()
+    await log(
+        db,
+        [
+            StepStartEvent(step_id=step_id, run_id=run_id, type="t"),
+            StepEndEvent(step_id=step_id, run_id=run_id, output=1),
+            StepStateEvent(step_id=step_id, run_id=run_id, state="running"),
+        ],
+    )
+    (step,) = await rows(db, chronicle_steps)
+    assert step["status"] == "finished"
+
+
+async def test_hostile_strings_are_stored_verbatim(db: Database) -> None:
+    nasty = "'); DROP TABLE chronicle_events; -- \" \\ % $1 ? :name é 日本 🎉"
+    event = ProxyLogEvent(
+        event_type=nasty,
+        provider=nasty,
+        model=nasty,
+        request={nasty: nasty},
+        metadata={"application": nasty, nasty: [nasty]},
+    )
+    run_id = uuid7()
+    await log(db, [event, RunStartEvent(id=run_id, name=nasty, tags=[nasty], info={nasty: 1})])
+    (row,) = await rows(db, chronicle_events)
+    assert (row["event_type"], row["provider"], row["model"]) == (nasty, nasty, nasty)
+    assert row["chat_request"] == {nasty: nasty}
+    assert row["meta"] == {nasty: [nasty]}
+    (run,) = await rows(db, chronicle_runs)
+    assert (run["name"], run["tags"], run["info"]) == (nasty, [nasty], {nasty: 1})
+
+
+async def test_written_rows_answer_plain_sql_analytics(db: Database, backend: str) -> None:
+    events = [
+        llm_event(model=m, latency=ms / 1000, error=None if ok else {"message": "x"})
+        for m, ms, ok in [("a", 100, True), ("a", 300, False), ("b", 200, True)]
+    ]
+    await log(db, events)
+    async with db.engine.connect() as conn:
+        result = await conn.execute(
+            text(
+                "SELECT model, COUNT(*) AS calls, SUM(total_tokens) AS tokens,"
+                " AVG(request_latency_ms) AS avg_ms,"
+                " SUM(CASE WHEN error IS NOT NULL THEN 1 ELSE 0 END) AS errors"
+                " FROM chronicle_events GROUP BY model ORDER BY model"
+            )
+        )
+        table = [tuple(r) for r in result]
+    assert [(m, c, t, float(a), e) for m, c, t, a, e in table] == [
+        ("a", 2, 22, 200.0, 1),
+        ("b", 1, 11, 200.0, 0),
+    ]
+
+
+@pytest.mark.parametrize("dialect_check", ["dialect"])
+async def test_database_exposes_dialect_and_engine(
+    db: Database, backend: str, dialect_check: str
+) -> None:
+    assert db.dialect == backend
+    assert db.engine.dialect.name == backend
+    assert "password" not in db.url
+    await db.close()
+    await db.close()  # closing twice is harmless

@@ -1,0 +1,182 @@
+"""Alembic migrations: up and down on both backends, and in agreement with eventlog.schema."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+
+import eventlog
+from eventlog.migrate import downgrade, migrations_dir, upgrade
+from eventlog.schema import include_object_for, metadata
+
+REPO = Path(__file__).resolve().parent.parent
+TABLES = {"chronicle_events", "chronicle_runs", "chronicle_steps"}
+BIN = Path(sys.executable).parent
+
+
+async def table_names(url: str) -> set[str]:
+    db = await eventlog.open_database(url)
+    try:
+        async with db.engine.connect() as conn:
+            names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+    finally:
+        await db.close()
+    return names - {"alembic_version"}
+
+
+def alembic(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "alembic"), *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_alembic_cli_upgrades_and_downgrades_with_x_url(
+    backend: str, fresh_url: Callable[[str], str]
+) -> None:
+    url = fresh_url(backend)
+    done = alembic("-x", f"url={url}", "upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    assert await table_names(url) == TABLES
+    done = alembic("-x", f"url={url}", "downgrade", "base")
+    assert done.returncode == 0, done.stderr
+    assert await table_names(url) == set()
+
+
+async def test_alembic_cli_reads_eventlog_database_url(
+    backend: str, fresh_url: Callable[[str], str]
+) -> None:
+    url = fresh_url(backend)
+    done = alembic("upgrade", "head", env={"EVENTLOG_DATABASE_URL": url})
+    assert done.returncode == 0, done.stderr
+    assert await table_names(url) == TABLES
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["postgres://", "postgresql+asyncpg://", "sqlite+aiosqlite:///", "bare path"],
+)
+async def test_every_url_form_open_database_accepts_works_for_alembic(
+    form: str, fresh_url: Callable[[str], str]
+) -> None:
+    backend = "sqlite" if "sqlite" in form or form == "bare path" else "postgresql"
+    url = fresh_url(backend)
+    if form == "bare path":
+        cli_url = url.removeprefix("sqlite:///")
+    elif backend == "sqlite":
+        cli_url = url.replace("sqlite:///", form, 1)
+    else:
+        cli_url = url.replace("postgresql://", form, 1)
+    done = alembic("-x", f"url={cli_url}", "upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    assert await table_names(url) == TABLES
+
+
+async def test_upgrade_and_downgrade_inside_a_running_loop(
+    backend: str, fresh_url: Callable[[str], str]
+) -> None:
+    db = await eventlog.open_database(fresh_url(backend))
+    try:
+        await upgrade(db.engine)
+        await upgrade(db.engine)  # already at head: nothing to do
+        async with db.engine.connect() as conn:
+            assert TABLES <= await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        await downgrade(db.engine, "base")
+        async with db.engine.connect() as conn:
+            names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        assert not TABLES & names
+    finally:
+        await db.close()
+
+
+async def test_tables_in_eventlog_and_the_migrations_agree(
+    backend: str, fresh_url: Callable[[str], str]
+) -> None:
+    db = await eventlog.open_database(fresh_url(backend), migrate=True)
+
+    def differences(conn: Connection) -> list[object]:
+        context = MigrationContext.configure(
+            conn,
+            opts={
+                "compare_type": True,
+                "include_object": include_object_for(conn.dialect.name),
+            },
+        )
+        return list(compare_metadata(context, metadata))
+
+    try:
+        async with db.engine.connect() as conn:
+            diff = await conn.run_sync(differences)
+    finally:
+        await db.close()
+    assert diff == []
+
+
+async def test_eventlog_migrate_works_outside_the_repository(
+    backend: str, fresh_url: Callable[[str], str], tmp_path: Path
+) -> None:
+    url = fresh_url(backend)
+    done = subprocess.run(
+        [str(BIN / "eventlog"), "migrate", "--url", url],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert await table_names(url) == TABLES
+
+
+async def test_migrations_are_shipped_inside_the_wheel(tmp_path: Path) -> None:
+    pytest.importorskip("hatchling", reason="building the wheel needs hatchling")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "dist"), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("eventlog-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        archive.extractall(tmp_path / "site")
+    assert "eventlog/_migrations/env.py" in names
+    assert "eventlog/_migrations/versions/0001_chronicle_tables.py" in names
+    # The unpacked wheel, first on the path, migrates a database from an unrelated folder.
+    url = f"sqlite:///{tmp_path / 'from_wheel.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, eventlog.cli; print(eventlog.__file__, file=sys.stderr);"
+         " sys.exit(eventlog.cli.main(['migrate', '--url', sys.argv[1]]))", url],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert str(tmp_path / "site") in done.stderr
+    assert await table_names(url) == TABLES
+
+
+def test_migrations_dir_is_found_from_a_checkout() -> None:
+    assert (migrations_dir() / "env.py").is_file()

@@ -1,0 +1,279 @@
+"""The writer's batching, timing and lifecycle, driven by a manual clock (no database)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import pytest
+
+from eventlog import EventPayload, LoggerStats, start_database_logger
+from eventlog.testing import ManualClock, MemoryDatabase
+
+
+def events(n: int, prefix: str = "e") -> list[EventPayload]:
+    return [EventPayload(type=f"{prefix}{i}") for i in range(n)]
+
+
+async def let_writer_run() -> None:
+    """Give the writer task its turns on the loop (no wall-clock waiting)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_full_batch_is_written_without_waiting_for_the_debounce_time() -> None:
+    db, clock = MemoryDatabase(), ManualClock()
+    sender, task = start_database_logger(db, batch_size=10, debounce_time=60, clock=clock)
+    sent = events(25)
+    for entry in sent:
+        sender.send(entry)
+    await db.wait_for_batches(2)
+    assert [len(b) for b in db.batches] == [10, 10]
+    assert db.entries == sent[:20]
+    sender.close()
+    await task
+    assert db.batches[2] == sent[20:]
+
+
+async def test_event_sent_alone_is_written_after_debounce_time() -> None:
+    db, clock = MemoryDatabase(), ManualClock()
+    sender, task = start_database_logger(db, batch_size=100, debounce_time=1.0, clock=clock)
+    (entry,) = events(1)
+    sender.send(entry)
+    clock.advance(0.5)
+    await let_writer_run()
+    assert db.batches == []
+    clock.advance(0.5)
+    await db.wait_for_batches(1)
+    assert db.batches == [[entry]]
+    sender.close()
+    await task
+
+
+async def test_trickle_is_flushed_when_the_oldest_entry_has_waited_debounce_time() -> None:
+    # One event every 0.9 s with a 1 s debounce: chronicle's timer restarts on each
+    # message and would wait for a full batch; here each event waits at most ~1 s.
+    db, clock = MemoryDatabase(), ManualClock()
+    sender, task = start_database_logger(db, batch_size=100, debounce_time=1.0, clock=clock)
+    sent = events(8)
+    for pair in range(4):
+        first, second = sent[2 * pair], sent[2 * pair + 1]
+        sender.send(first)
+        clock.advance(0.9)
+        await let_writer_run()
+        sender.send(second)
+        clock.advance(0.9)  # `first` has now waited 1.8 s
+        await db.wait_for_batches(pair + 1)
+        assert db.batches[pair] == [first, second]
+    sender.close()
+    await task
+
+
+async def test_leftover_of_a_size_flush_keeps_its_own_age() -> None:
+    db, clock = MemoryDatabase(), ManualClock()
+    sender, task = start_database_logger(db, batch_size=3, debounce_time=1.0, clock=clock)
+    old = events(4, "old")
+    for entry in old:
+        sender.send(entry)
+    await db.wait_for_batches(1)
+    assert db.batches == [old[:3]]
+    clock.advance(1.0)  # old[3] came in the same drain: it is due now
+    await db.wait_for_batches(2)
+    assert db.batches[1] == [old[3]]
+    sender.close()
+    await task
+
+
+async def test_message_larger_than_batch_size_is_split_into_capped_batches() -> None:
+    db = MemoryDatabase()
+    sender, task = start_database_logger(db, batch_size=100, debounce_time=60)
+    sent = events(5_000)
+    sender.send(sent)
+    sender.close()
+    await task
+    assert [len(b) for b in db.batches] == [100] * 50
+    assert db.entries == sent
+
+
+async def test_close_writes_everything_sent_before_it() -> None:
+    db = MemoryDatabase()
+    sender, task = start_database_logger(db, batch_size=100, debounce_time=3600)
+    sent = events(3)
+    for entry in sent:
+        sender.send(entry)
+    sender.close()
+    await task
+    assert db.batches == [sent]
+    assert sender.stats() == LoggerStats(sent=3, written=3, batches=1)
+
+
+async def test_close_with_nothing_sent_ends_the_task() -> None:
+    db = MemoryDatabase()
+    sender, task = start_database_logger(db)
+    await let_writer_run()
+    sender.close()
+    await asyncio.wait_for(task, 10)
+    assert db.batches == []
+
+
+async def test_close_twice_is_harmless() -> None:
+    db = MemoryDatabase()
+    sender, task = start_database_logger(db)
+    sender.send(events(1))
+    sender.close()
+    sender.close()
+    await task
+    assert len(db.entries) == 1
+    assert sender.closed
+
+
+async def test_send_after_close_counts_drops_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db = MemoryDatabase()
+    sender, task = start_database_logger(db)
+    sender.close()
+    await task
+    with caplog.at_level(logging.WARNING, logger="eventlog"):
+        sender.send(events(2))
+        sender.send(events(1)[0])
+    assert sender.stats().dropped == 3
+    assert sender.stats().sent == 0
+    warnings = [r for r in caplog.records if "after close" in r.getMessage()]
+    assert len(warnings) == 1
+    assert db.batches == []
+
+
+async def test_sequence_is_one_message_kept_in_order_with_other_sends() -> None:
+    db = MemoryDatabase()
+    sender, task = start_database_logger(db, batch_size=4, debounce_time=60)
+    a, b, c, d, e = events(5)
+    sender.send(a)
+    sender.send((b, c, d))
+    sender.send([e])
+    sender.close()
+    await task
+    assert db.entries == [a, b, c, d, e]
+    assert [len(x) for x in db.batches] == [4, 1]
+
+
+async def test_send_of_a_non_event_raises_type_error_at_once() -> None:
+    db = MemoryDatabase()
+    sender, task = start_database_logger(db)
+    with pytest.raises(TypeError, match="send\\(\\) takes an event"):
+        sender.send({"type": "not parsed"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="item 1 is a str"):
+        sender.send([EventPayload(type="ok"), "bad"])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        sender.send("run:start")  # type: ignore[arg-type]
+    sender.close()
+    await task
+    # A rejected sequence is rejected whole: its valid entries were not queued either.
+    assert db.entries == []
+    assert sender.stats().sent == 0
+
+
+async def test_failed_write_is_logged_counted_and_the_writer_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db = MemoryDatabase()
+    db.fail_next = RuntimeError("disk on fire")
+    sender, task = start_database_logger(db, batch_size=2, debounce_time=60)
+    lost, kept = events(2, "lost"), events(2, "kept")
+    with caplog.at_level(logging.ERROR, logger="eventlog"):
+        sender.send(lost)
+        await let_writer_run()
+        sender.send(kept)
+        sender.close()
+        await task
+    assert db.batches == [kept]
+    assert sender.stats() == LoggerStats(
+        sent=4, written=2, batches=1, failed_writes=1, failed=2, queued=0
+    )
+    (record,) = [r for r in caplog.records if "failed to write" in r.getMessage()]
+    assert "2 entries" in record.getMessage()
+    assert "disk on fire" in record.getMessage()
+
+
+async def test_stats_show_an_accepted_send_at_once() -> None:
+    db, clock = MemoryDatabase(), ManualClock()
+    sender, task = start_database_logger(db, batch_size=10, debounce_time=5, clock=clock)
+    sender.send(events(3))
+    assert sender.stats().sent == 3
+    assert sender.stats().queued == 3
+    sender.close()
+    await task
+    assert sender.stats().queued == 0
+
+
+async def test_a_wrapper_around_write_log_batch_sees_every_batch() -> None:
+    class Counting(MemoryDatabase):
+        seen: list[int]
+
+        async def write_log_batch(self, entries):  # type: ignore[no-untyped-def]
+            self.seen = [*getattr(self, "seen", []), len(entries)]
+            await super().write_log_batch(entries)
+
+    db = Counting()
+    sender, task = start_database_logger(db, batch_size=7, debounce_time=60)
+    sender.send(events(20))
+    sender.close()
+    await task
+    assert db.seen == [7, 7, 6]
+
+
+async def test_debounce_time_accepts_a_timedelta() -> None:
+    db, clock = MemoryDatabase(), ManualClock()
+    sender, task = start_database_logger(
+        db, batch_size=100, debounce_time=timedelta(milliseconds=250), clock=clock
+    )
+    sender.send(events(1))
+    clock.advance(0.25)
+    await db.wait_for_batches(1)
+    sender.close()
+    await task
+
+
+async def test_zero_debounce_time_writes_each_drain_at_once() -> None:
+    db = MemoryDatabase()
+    sender, task = start_database_logger(db, batch_size=100, debounce_time=0)
+    sender.send(events(1))
+    await db.wait_for_batches(1)
+    sender.close()
+    await task
+
+
+async def test_sends_from_other_threads_wake_the_writer() -> None:
+    db = MemoryDatabase()
+    sender, task = start_database_logger(db, batch_size=5, debounce_time=60)
+    await asyncio.to_thread(sender.send, events(5))
+    await db.wait_for_batches(1)
+    sender.close()
+    await task
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
+        ({"batch_size": -5}, "batch_size must be a positive int"),
+        ({"batch_size": 2.5}, "batch_size must be a positive int"),
+        ({"batch_size": True}, "batch_size must be a positive int"),
+        ({"debounce_time": -1}, "debounce_time must be finite and >= 0"),
+        ({"debounce_time": float("nan")}, "debounce_time must be finite"),
+        ({"debounce_time": float("inf")}, "debounce_time must be finite"),
+        ({"debounce_time": "1s"}, "debounce_time must be seconds"),
+        ({"debounce_time": timedelta(seconds=-1)}, "debounce_time must be finite and >= 0"),
+    ],
+)
+async def test_invalid_arguments_raise_value_error_naming_the_parameter(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        start_database_logger(MemoryDatabase(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_starting_without_a_running_loop_says_where_to_call_it() -> None:
+    with pytest.raises(RuntimeError, match="inside a running event loop"):
+        start_database_logger(MemoryDatabase())
