@@ -9,6 +9,7 @@ busy application pays no system call per event, from the loop's thread or any ot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ class LogSender:
 
     __slots__ = (
         "__weakref__",
+        "_batches",
         "_clock",
         "_closed",
         "_dropped",
@@ -47,10 +49,9 @@ class LogSender:
         "_queue",
         "_queued_since_drain",
         "_sent",
-        "_wake_at",
         "_waiter",
+        "_wake_at",
         "_warned_closed",
-        "_batches",
         "_written",
     )
 
@@ -158,15 +159,15 @@ class LogSender:
                 self._queued_since_drain = 0
             return messages, self._first_time, self._closed
 
-    async def _wait(self, wake_at: int, timeout: float | None) -> None:
-        """Sleep until ``wake_at`` entries are queued, close(), or ``timeout`` seconds."""
+    async def _wait(self, wake_at: int, delay: float | None) -> None:
+        """Sleep until ``wake_at`` entries are queued, close(), or ``delay`` seconds."""
         loop = self._loop
         with self._lock:
             if self._closed or self._queued_since_drain >= wake_at:
                 return
             waiter = self._waiter = loop.create_future()
             self._wake_at = wake_at
-        timer = None if timeout is None else loop.call_later(max(timeout, 0.0), self._wake)
+        timer = None if delay is None else loop.call_later(max(delay, 0.0), self._wake)
         try:
             await waiter
         finally:
@@ -196,10 +197,9 @@ class LogSender:
         if threading.get_ident() == self._loop_thread:
             self._wake()
         else:
-            try:
+            # A closed loop raises RuntimeError: then there is no writer left to wake.
+            with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._wake)
-            except RuntimeError:  # the loop is closed: there is no writer left to wake
-                pass
 
 
 def _as_message(entry: object) -> tuple[ProxyLogEntry, ...]:
@@ -214,7 +214,6 @@ def _as_message(entry: object) -> tuple[ProxyLogEntry, ...]:
     for i, item in enumerate(message):
         if not isinstance(item, ENTRY_TYPES):
             raise TypeError(
-                f"send() got a sequence whose item {i} is a {type(item).__name__}, "
-                "not an event"
+                f"send() got a sequence whose item {i} is a {type(item).__name__}, not an event"
             )
     return message

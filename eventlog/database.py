@@ -60,9 +60,7 @@ def normalize_url(url: str | URL | os.PathLike[str]) -> URL:
         try:
             parsed = make_url(url)
         except ArgumentError as err:
-            raise ValueError(
-                f"database url must be one of {SUPPORTED_URLS}; got {url!r}"
-            ) from err
+            raise ValueError(f"database url must be one of {SUPPORTED_URLS}; got {url!r}") from err
     else:
         parsed = url
     driver = parsed.drivername
@@ -153,14 +151,10 @@ class Database:
             async with self.engine.begin() as conn:
                 step = self._rows_per_insert
                 for start in range(0, len(event_rows), step):
-                    await conn.execute(
-                        statements.insert_events, event_rows[start : start + step]
-                    )
+                    await conn.execute(statements.insert_events, event_rows[start : start + step])
                 # Consecutive events of one kind share a statement: one executemany.
                 for cls, group in groupby(workflow, key=lambda item: item[0]):
-                    await conn.execute(
-                        statements.workflow[cls], [params for _, params in group]
-                    )
+                    await conn.execute(statements.workflow[cls], [params for _, params in group])
         except (SQLAlchemyError, OSError) as err:
             raise DatabaseError(
                 f"writing a batch of {len(entries)} entries to {self.dialect} failed: {err}"
@@ -204,7 +198,8 @@ async def open_database(url: str | URL | os.PathLike[str], *, migrate: bool = Fa
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite" and not _is_memory(parsed):
         assert parsed.database is not None
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # One mkdir at startup: not worth a thread hop.
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
     db = Database(create_engine(parsed))
     if migrate:
         from eventlog.migrate import upgrade

@@ -38,6 +38,7 @@ __all__ = [
     "WorkflowEvent",
     "error_to_json",
     "to_utc",
+    "utc_now",
 ]
 
 JSON: TypeAlias = Any
@@ -51,7 +52,8 @@ def to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
+    """The current time, aware, in UTC: every event's default time."""
     return datetime.now(UTC)
 
 
@@ -145,7 +147,7 @@ class ProxyLogEvent:
 
     id: uuid.UUID = field(default_factory=uuid7)
     event_type: str = "chronicle_llm_request"
-    timestamp: datetime = field(default_factory=_now)
+    timestamp: datetime = field(default_factory=utc_now)
     request: JSON = None
     response: JSON = None
     provider: str | None = None
@@ -198,7 +200,7 @@ class RunStartEvent:
     span_id: str | None = None
     tags: Sequence[str] = ()
     info: dict[str, JSON] | None = None
-    time: datetime = field(default_factory=_now)
+    time: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
         self.time = to_utc(self.time)
@@ -232,7 +234,7 @@ class RunUpdateEvent:
     status: str | None = None
     output: JSON = None
     info: dict[str, JSON] | None = None
-    time: datetime = field(default_factory=_now)
+    time: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
         self.time = to_utc(self.time)
@@ -264,7 +266,7 @@ class StepStartEvent:
     tags: Sequence[str] = ()
     info: dict[str, JSON] | None = None
     input: JSON = None
-    time: datetime = field(default_factory=_now)
+    time: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
         self.time = to_utc(self.time)
@@ -293,7 +295,7 @@ class StepEndEvent:
     run_id: uuid.UUID
     output: JSON = None
     info: dict[str, JSON] | None = None
-    time: datetime = field(default_factory=_now)
+    time: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
         self.time = to_utc(self.time)
@@ -313,7 +315,7 @@ class StepErrorEvent:
     step_id: uuid.UUID
     run_id: uuid.UUID
     error: JSON = None
-    time: datetime = field(default_factory=_now)
+    time: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
         self.time = to_utc(self.time)
@@ -334,7 +336,7 @@ class StepStateEvent:
     step_id: uuid.UUID
     run_id: uuid.UUID
     state: str
-    time: datetime = field(default_factory=_now)
+    time: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
         self.time = to_utc(self.time)
@@ -357,7 +359,7 @@ class EventPayload:
     error: JSON = None
     run_id: uuid.UUID | None = None
     step_id: uuid.UUID | None = None
-    time: datetime = field(default_factory=_now)
+    time: datetime = field(default_factory=utc_now)
     id: uuid.UUID = field(default_factory=uuid7)
     internal_metadata: InternalMetadata | None = None
 

@@ -38,7 +38,6 @@ class InvalidEventError(EventLogError, ValueError):
         super().__init__(f"invalid event: {where} {message}")
 
 
-
 class DatabaseError(EventLogError):
     """The database failed or refused a batch; the driver's error is the ``__cause__``."""
 

@@ -7,6 +7,7 @@ The alembic scripts are the repository's ``migrations/`` folder; a wheel carries
 from __future__ import annotations
 
 from pathlib import Path
+
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection

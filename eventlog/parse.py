@@ -22,8 +22,10 @@ from eventlog.events import (
     StepStateEvent,
     WorkflowEvent,
     to_utc,
+    utc_now,
 )
 from eventlog.exceptions import InvalidEventError
+from eventlog.ids import uuid7
 
 __all__ = ["parse_event"]
 
@@ -77,9 +79,7 @@ def _time(value: Any, where: str) -> datetime:
             return datetime.fromtimestamp(seconds, UTC)
         except (OverflowError, OSError, ValueError):
             pass
-    raise InvalidEventError(
-        where, f"must be an ISO 8601 time or Unix seconds, got {_show(value)}"
-    )
+    raise InvalidEventError(where, f"must be an ISO 8601 time or Unix seconds, got {_show(value)}")
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
@@ -122,9 +122,9 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _time_kw(obj: Mapping[str, Any], path: str = "") -> dict[str, datetime]:
-    when = _get(obj, "time", path, _time)
-    return {} if when is None else {"time": when}
+def _when(obj: Mapping[str, Any]) -> datetime:
+    """The event's ``time``, or now when it has none (as chronicle does)."""
+    return _get(obj, "time", "", _time) or utc_now()
 
 
 def _run_start(obj: Mapping[str, Any]) -> RunStartEvent:
@@ -140,7 +140,7 @@ def _run_start(obj: Mapping[str, Any]) -> RunStartEvent:
         span_id=_get(obj, "span_id", "", _str),
         tags=_get(obj, "tags", "", _tags) or (),
         info=_get(obj, "info", "", _object),
-        **_time_kw(obj),
+        time=_when(obj),
     )
 
 
@@ -150,7 +150,7 @@ def _run_update(obj: Mapping[str, Any]) -> RunUpdateEvent:
         status=_get(obj, "status", "", _str),
         output=obj.get("output"),
         info=_get(obj, "info", "", _object),
-        **_time_kw(obj),
+        time=_when(obj),
     )
 
 
@@ -158,7 +158,7 @@ def _step_ids(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "step_id": _get(obj, "step_id", "", _uuid, required=True),
         "run_id": _get(obj, "run_id", "", _uuid, required=True),
-        **_time_kw(obj),
+        "time": _when(obj),
     }
 
 
@@ -206,15 +206,14 @@ def _step_state(obj: Mapping[str, Any]) -> StepStateEvent:
 
 
 def _generic(obj: Mapping[str, Any]) -> EventPayload:
-    optional_id = _get(obj, "id", "", _uuid)
     return EventPayload(
+        id=_get(obj, "id", "", _uuid) or uuid7(),
         type=obj["type"],
         data=obj.get("data"),
         error=obj.get("error"),
         run_id=_get(obj, "run_id", "", _uuid),
         step_id=_get(obj, "step_id", "", _uuid),
-        **_time_kw(obj),
-        **({} if optional_id is None else {"id": optional_id}),
+        time=_when(obj),
     )
 
 

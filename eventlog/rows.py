@@ -66,8 +66,10 @@ def _model(event: ProxyLogEvent) -> str | None:
     if event.model is not None:
         return event.model
     for body in (event.response, event.request):
-        if isinstance(body, Mapping) and isinstance(body.get("model"), str):
-            return body["model"]
+        if isinstance(body, Mapping):
+            model = body.get("model")
+            if isinstance(model, str):
+                return model
     return None
 
 

@@ -69,12 +69,15 @@ def statements_for(dialect: str) -> Statements:
                 else_=old.op("||")(new),
             )
 
-        later = func.greatest
+        later: Any = func.greatest
     elif dialect == "sqlite":
         insert = sqlite.insert
 
         def merge(old: ColumnElement[Any], new: ColumnElement[Any]) -> ColumnElement[Any]:
-            return getattr(func, SQLITE_MERGE_FUNCTION)(old, new, type_=old.type)
+            merged: ColumnElement[Any] = getattr(func, SQLITE_MERGE_FUNCTION)(
+                old, new, type_=old.type
+            )
+            return merged
 
         later = func.max  # two-argument max() is SQLite's scalar greatest()
     else:

@@ -46,7 +46,7 @@ class MemoryDatabase:
             self.batches.append(list(entries))
             self._changed.notify_all()
 
-    async def wait_for_batches(self, count: int, timeout: float = 10.0) -> None:
+    async def wait_for_batches(self, count: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a bounded wait is the point of a test helper
         """Wait until at least ``count`` batches are written (``TimeoutError`` after)."""
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: len(self.batches) >= count)

@@ -17,7 +17,15 @@ from sqlalchemy import DateTime, Dialect, String, Text, TypeDecorator, Uuid
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import TypeEngine
 
-__all__ = ["JSONText", "JsonType", "TagsType", "UTCDateTime", "UUIDType", "json_dumps", "json_loads"]
+__all__ = [
+    "JSONText",
+    "JsonType",
+    "TagsType",
+    "UTCDateTime",
+    "UUIDType",
+    "json_dumps",
+    "json_loads",
+]
 
 
 def _default(value: Any) -> Any:
@@ -86,7 +94,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
+        if not isinstance(value, datetime):
             return None
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)

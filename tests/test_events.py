@@ -32,7 +32,9 @@ def test_proxy_log_event_defaults_to_a_new_uuid7_and_now_in_utc() -> None:
 def test_naive_timestamp_is_taken_as_utc_and_aware_one_is_converted() -> None:
     naive = ProxyLogEvent(timestamp=datetime(2026, 1, 2, 3, 4, 5, 678901))
     assert naive.timestamp == datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-    paris = ProxyLogEvent(timestamp=datetime(2026, 1, 2, 4, 4, 5, tzinfo=timezone(timedelta(hours=1))))
+    paris = ProxyLogEvent(
+        timestamp=datetime(2026, 1, 2, 4, 4, 5, tzinfo=timezone(timedelta(hours=1)))
+    )
     assert paris.timestamp == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert paris.timestamp.tzinfo is UTC
 

@@ -95,7 +95,7 @@ async def test_upgrade_and_downgrade_inside_a_running_loop(
         await upgrade(db.engine)
         await upgrade(db.engine)  # already at head: nothing to do
         async with db.engine.connect() as conn:
-            assert TABLES <= await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+            assert await conn.run_sync(lambda c: set(inspect(c).get_table_names())) >= TABLES
         await downgrade(db.engine, "base")
         async with db.engine.connect() as conn:
             names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
@@ -146,8 +146,17 @@ async def test_eventlog_migrate_works_outside_the_repository(
 async def test_migrations_are_shipped_inside_the_wheel(tmp_path: Path) -> None:
     pytest.importorskip("hatchling", reason="building the wheel needs hatchling")
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path / "dist"), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -163,9 +172,13 @@ async def test_migrations_are_shipped_inside_the_wheel(tmp_path: Path) -> None:
     # The unpacked wheel, first on the path, migrates a database from an unrelated folder.
     url = f"sqlite:///{tmp_path / 'from_wheel.db'}"
     done = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, eventlog.cli; print(eventlog.__file__, file=sys.stderr);"
-         " sys.exit(eventlog.cli.main(['migrate', '--url', sys.argv[1]]))", url],
+        [
+            sys.executable,
+            "-c",
+            "import sys, eventlog.cli; print(eventlog.__file__, file=sys.stderr);"
+            " sys.exit(eventlog.cli.main(['migrate', '--url', sys.argv[1]]))",
+            url,
+        ],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
         capture_output=True,

@@ -140,7 +140,9 @@ def test_unix_times_are_accepted_in_seconds_and_milliseconds() -> None:
     [
         RunStartEvent(id=uuid.uuid4(), name="r", tags=["t"], info={"a": 1}, input=[1]),
         RunUpdateEvent(id=uuid.uuid4(), status="finished", output={"o": 1}),
-        StepStartEvent(step_id=uuid.uuid4(), run_id=uuid.uuid4(), type="t", parent_step=uuid.uuid4()),
+        StepStartEvent(
+            step_id=uuid.uuid4(), run_id=uuid.uuid4(), type="t", parent_step=uuid.uuid4()
+        ),
         StepEndEvent(step_id=uuid.uuid4(), run_id=uuid.uuid4(), output="done"),
         StepErrorEvent(step_id=uuid.uuid4(), run_id=uuid.uuid4(), error={"m": 1}),
         StepStateEvent(step_id=uuid.uuid4(), run_id=uuid.uuid4(), state="paused"),
@@ -167,7 +169,11 @@ def test_to_json_round_trips_through_parse_event(event: Any) -> None:
         ({"type": "step:start", "run_id": RUN, "data": {"type": "t"}}, "step_id", "required"),
         ({"type": "step:start", "step_id": STEP, "data": {"type": "t"}}, "run_id", "required"),
         ({"type": "step:start", "step_id": STEP, "run_id": RUN}, "data", "is required"),
-        ({"type": "step:start", "step_id": STEP, "run_id": RUN, "data": {}}, "data.type", "required"),
+        (
+            {"type": "step:start", "step_id": STEP, "run_id": RUN, "data": {}},
+            "data.type",
+            "required",
+        ),
         ({"type": "step:start", "step_id": STEP, "run_id": RUN, "data": 3}, "data", "object"),
         (
             {"type": "step:start", "step_id": STEP, "run_id": RUN, "data": {"type": 1}},
@@ -175,12 +181,20 @@ def test_to_json_round_trips_through_parse_event(event: Any) -> None:
             "string",
         ),
         (
-            {"type": "step:start", "step_id": STEP, "run_id": RUN,
-             "data": {"type": "t", "parent_step": "x"}},
+            {
+                "type": "step:start",
+                "step_id": STEP,
+                "run_id": RUN,
+                "data": {"type": "t", "parent_step": "x"},
+            },
             "data.parent_step",
             "UUID",
         ),
-        ({"type": "step:state", "step_id": STEP, "run_id": RUN, "data": {}}, "data.state", "required"),
+        (
+            {"type": "step:state", "step_id": STEP, "run_id": RUN, "data": {}},
+            "data.state",
+            "required",
+        ),
         ({"type": "custom", "run_id": 12}, "run_id", "UUID"),
     ],
 )

@@ -1,0 +1,236 @@
+"""The ``eventlog`` command: ``demo``, ``migrate`` and ``--version``.
+
+Exit status: 0 done; 1 the database failed (or refused entries); 2 bad usage (arguments,
+database URL, migration revision); 130 interrupted with Ctrl-C. The expected failures
+print one line on stderr, never a traceback: a person at a terminal needs the cause, and
+the traceback of a refused connection says nothing more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from rich.console import Console
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from eventlog import __version__
+from eventlog.database import Database, normalize_url, open_database
+from eventlog.demo import run_demo
+from eventlog.exceptions import DatabaseError, EventLogError, MigrationError
+from eventlog.migrate import alembic_config, downgrade, upgrade
+
+__all__ = ["DATABASE_URL_ENV", "default_url", "main"]
+
+DATABASE_URL_ENV = "EVENTLOG_DATABASE_URL"
+
+Handler = Callable[[argparse.Namespace, str], Coroutine[Any, Any, int]]
+
+
+def default_url() -> str:
+    """The database when no ``--url`` is given: ``$EVENTLOG_DATABASE_URL`` if set, else
+    ``eventlog.db`` in the current folder (as an absolute URL, so messages say which)."""
+    return os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{Path.cwd() / 'eventlog.db'}"
+
+
+class _UsageError(Exception):
+    """Bad input that argparse cannot see (exit status 2)."""
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return number
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eventlog",
+        description="Batched logging of LLM calls and workflow runs into PostgreSQL or SQLite.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument(
+        "--url",
+        help="database URL (postgresql://... or sqlite:///PATH) or a SQLite file path "
+        f"(default: ${DATABASE_URL_ENV}, else eventlog.db in the current folder)",
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[database],
+        help="log a simulated LLM gateway's traffic, then summarise it",
+        description="Migrate the database, log a simulated LLM gateway's calls and workflow "
+        "runs through eventlog, and print a summary read back with SQL. Only adds rows.",
+    )
+    demo.add_argument(
+        "--events",
+        type=_positive_int,
+        default=10_000,
+        metavar="N",
+        help="LLM calls to simulate; workflow events come on top (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="simulated calls in flight at once (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the simulation: the same seed logs the same calls (default: %(default)s)",
+    )
+    demo.set_defaults(handler=_demo)
+
+    migrate = commands.add_parser(
+        "migrate",
+        parents=[database],
+        help="bring the database schema up to date (or down)",
+        description="Upgrade the schema to the newest revision (or to --revision), or "
+        "downgrade it with --downgrade.",
+    )
+    target = migrate.add_mutually_exclusive_group()
+    target.add_argument("--revision", metavar="REV", help="upgrade to REV (default: head)")
+    target.add_argument(
+        "--downgrade",
+        metavar="REV",
+        help="downgrade to REV instead ('base' removes eventlog's tables and their data)",
+    )
+    migrate.set_defaults(handler=_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, --version, or a usage error already printed
+        return exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 2
+    prog = f"{parser.prog} {args.command}"
+    handler: Handler = args.handler
+    try:
+        url = args.url or default_url()
+        normalize_url(url)  # a bad URL is a usage error, reported before anything runs
+        with _eventlog_log_on_stderr():
+            return asyncio.run(handler(args, url))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, _UsageError) as err:
+        # ValueError can only come from normalize_url here: run_demo's own checks are
+        # guaranteed by argparse, and everything past the URL check raises DatabaseError.
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except (EventLogError, OSError) as err:
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line, without SQLAlchemy's link and SQL echo."""
+    noise = ("(Background on this error at:", "[SQL:", "[parameters:")
+    lines = (line.strip() for line in str(err).splitlines())
+    return " ".join(line for line in lines if line and not line.startswith(noise)) or repr(err)
+
+
+class _OneLineHandler(logging.Handler):
+    """Writes records to the *current* ``sys.stderr`` (which rich's progress display
+    redirects above itself), one line each and without the traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(_one_line(Exception(record.getMessage())), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def _eventlog_log_on_stderr() -> Iterator[None]:
+    """Show the logger's own warnings (a batch the database refused) while a command runs.
+
+    Without a handler, Python's last-resort handler would print them with tracebacks.
+    """
+    logger = logging.getLogger("eventlog")
+    handler = _OneLineHandler(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+# -- eventlog demo ------------------------------------------------------------------------
+
+
+async def _demo(args: argparse.Namespace, url: str) -> int:
+    summary = await run_demo(
+        url, args.events, concurrency=args.concurrency, seed=args.seed, console=Console()
+    )
+    return 1 if summary.failed else 0
+
+
+# -- eventlog migrate ---------------------------------------------------------------------
+
+
+def _revision_of(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def _current_revision(db: Database) -> str | None:
+    try:
+        async with db.engine.connect() as conn:
+            return await conn.run_sync(_revision_of)
+    except (SQLAlchemyError, OSError) as err:
+        raise DatabaseError(f"could not read the schema revision of {db.url}: {err}") from err
+
+
+async def _migrate(args: argparse.Namespace, url: str) -> int:
+    db = await open_database(url)
+    try:
+        before = await _current_revision(db)
+        try:
+            if args.downgrade is not None:
+                await downgrade(db.engine, args.downgrade)
+            else:
+                await upgrade(db.engine, args.revision or "head")
+        except MigrationError as err:
+            if isinstance(err.__cause__, CommandError):  # an unknown or impossible revision
+                raise _UsageError(str(err)) from err
+            raise
+        after = await _current_revision(db)
+    finally:
+        await db.close()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+    def name(revision: str | None) -> str:
+        if revision is None:
+            return "base (no eventlog tables)"
+        return f"{revision} (head)" if revision == head else revision
+
+    if before == after:
+        print(f"{db.url}: schema already at {name(after)}; nothing to do.")
+    else:
+        verb = "downgraded" if args.downgrade is not None else "upgraded"
+        print(f"{db.url}: schema {verb} from {name(before)} to {name(after)}.")
+    return 0
