@@ -9,6 +9,7 @@ steady trickle can wait for a full batch; here no entry waits longer than
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -26,8 +27,6 @@ Clock = Callable[[], float]
 """Monotonic seconds. A clock with a ``subscribe(callback)`` method (such as
 :class:`eventlog.testing.ManualClock`) calls ``callback()`` whenever it jumps, so the
 writer re-reads it at once instead of sleeping in real time."""
-
-_log_failed_write = RateLimitedLog(40)  # logging.ERROR
 
 
 def start_database_logger(
@@ -84,6 +83,8 @@ async def _write_loop(
     debounce: float,
     clock: Clock,
 ) -> None:
+    # Per logger, so one logger's outage does not silence another's first report.
+    log_failure = RateLimitedLog(logging.ERROR)
     pending: deque[ProxyLogEntry] = deque()
     # (count, clock() of the first) for each drain still in `pending`, oldest first:
     # tells the age of the oldest pending entry after a partial flush.
@@ -108,7 +109,7 @@ async def _write_loop(
             count = min(batch_size, len(pending))
             batch = [pending.popleft() for _ in range(count)]
             _forget(arrivals, count)
-            await _write(db, sender, batch)
+            await _write(db, sender, batch, log_failure)
             continue  # drain what came in during the write before deciding again
         await sender._wait(batch_size - len(pending), debounce - waited)
 
@@ -135,12 +136,14 @@ def _forget(arrivals: deque[_Arrival], count: int) -> None:
             count = 0
 
 
-async def _write(db: ProxyDatabase, sender: LogSender, batch: list[ProxyLogEntry]) -> None:
+async def _write(
+    db: ProxyDatabase, sender: LogSender, batch: list[ProxyLogEntry], log_failure: RateLimitedLog
+) -> None:
     try:
         await db.write_log_batch(batch)
     except Exception as err:
         sender._record_write(len(batch), ok=False)
-        _log_failed_write(
+        log_failure(
             "eventlog: failed to write a batch of %d entries: %s: %s",
             len(batch),
             type(err).__name__,

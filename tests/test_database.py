@@ -511,3 +511,31 @@ async def test_database_exposes_dialect_and_engine(
     assert "password" not in db.url
     await db.close()
     await db.close()  # closing twice is harmless
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_logger_starts_and_stops_while_the_database_is_unreachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    import eventlog
+
+    url = f"postgresql://postgres@127.0.0.1:{_closed_port()}/nowhere"
+    db = await eventlog.open_database(url)  # does not connect: the app can start
+    sender, task = start_database_logger(db, batch_size=10, debounce_time=0)
+    with caplog.at_level(logging.ERROR, logger="eventlog"):
+        sender.send([EventPayload(type="x") for _ in range(3)])
+        sender.close()
+        await asyncio.wait_for(task, 60)  # the writer never dies; it ends on close
+    stats = sender.stats()
+    assert (stats.sent, stats.written, stats.failed, stats.queued) == (3, 0, 3, 0)
+    assert any("failed to write a batch of 3 entries" in r.getMessage() for r in caplog.records)
+    await db.close()
