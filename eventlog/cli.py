@@ -125,33 +125,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit:  # --help, --version, or a usage error already printed
-        return exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 2
+    except SystemExit as stop:  # --help, --version, or a usage error already printed
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
     prog = f"{parser.prog} {args.command}"
     handler: Handler = args.handler
     try:
-        url = args.url or default_url()
-        normalize_url(url)  # a bad URL is a usage error, reported before anything runs
+        url = default_url() if args.url is None else args.url
+        try:
+            normalize_url(url)  # a bad URL is bad usage, reported before anything runs
+        except ValueError as err:
+            raise _UsageError(str(err)) from err
         with _eventlog_log_on_stderr():
             return asyncio.run(handler(args, url))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, _UsageError) as err:
-        # ValueError can only come from normalize_url here: run_demo's own checks are
-        # guaranteed by argparse, and everything past the URL check raises DatabaseError.
-        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+    except _UsageError as err:
+        print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except (EventLogError, OSError) as err:
-        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(str(err)) or repr(err)}", file=sys.stderr)
         return 1
 
 
-def _one_line(err: BaseException) -> str:
-    """The message of ``err`` on one line, without SQLAlchemy's link and SQL echo."""
+def _one_line(message: str) -> str:
+    """``message`` on one line, without SQLAlchemy's documentation link and SQL echo."""
     noise = ("(Background on this error at:", "[SQL:", "[parameters:")
-    lines = (line.strip() for line in str(err).splitlines())
-    return " ".join(line for line in lines if line and not line.startswith(noise)) or repr(err)
+    lines = (line.strip() for line in message.splitlines())
+    return " ".join(line for line in lines if line and not line.startswith(noise))
 
 
 class _OneLineHandler(logging.Handler):
@@ -160,7 +161,7 @@ class _OneLineHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            print(_one_line(Exception(record.getMessage())), file=sys.stderr)
+            print(_one_line(record.getMessage()), file=sys.stderr)
         except Exception:
             self.handleError(record)
 

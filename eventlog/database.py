@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from itertools import groupby
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from sqlalchemy import event
+from sqlalchemy import Insert, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -30,10 +29,6 @@ SUPPORTED_URLS = (
     "postgresql://, postgres://, postgresql+asyncpg://, sqlite:///PATH, "
     "sqlite+aiosqlite:///PATH, or a file path"
 )
-
-# The drivers cap the bind parameters of one statement (asyncpg 32,767; SQLite 32,766
-# since 3.32): a multi-row INSERT of a large batch is split to stay under the cap.
-_MAX_BIND_PARAMETERS = 32_000
 
 
 @runtime_checkable
@@ -121,7 +116,6 @@ class Database:
             raise ValueError(f"unsupported database dialect {name!r}")
         self.dialect: Literal["postgresql", "sqlite"] = name  # type: ignore[assignment]
         self._statements = statements_for(name)
-        self._rows_per_insert = max(1, _MAX_BIND_PARAMETERS // len(_EVENT_COLUMNS))
         self._closed = False
 
     @property
@@ -136,25 +130,30 @@ class Database:
         stored once); run and step events update ``chronicle_runs``/``chronicle_steps``.
         """
         event_rows: list[dict[str, Any]] = []
-        workflow: list[tuple[type, dict[str, Any]]] = []
+        # Run and step events grouped by statement, in sent order within each group: one
+        # executemany per statement. Safe because applying them is order-independent
+        # across kinds (see eventlog.statements); within a kind the order is kept.
+        workflow: dict[Insert, list[dict[str, Any]]] = {}
+        statements = self._statements
         for entry in entries:
             if isinstance(entry, ProxyLogEvent):
                 event_rows.append(event_row(entry))
             elif isinstance(entry, EventPayload):
                 event_rows.append(payload_row(entry))
             else:
-                workflow.append((_workflow_class(entry), workflow_params(entry)))
+                statement = statements.workflow[_workflow_class(entry)]
+                workflow.setdefault(statement, []).append(workflow_params(entry))
         if not event_rows and not workflow:
             return
-        statements = self._statements
         try:
             async with self.engine.begin() as conn:
-                step = self._rows_per_insert
-                for start in range(0, len(event_rows), step):
-                    await conn.execute(statements.insert_events, event_rows[start : start + step])
-                # Consecutive events of one kind share a statement: one executemany.
-                for cls, group in groupby(workflow, key=lambda item: item[0]):
-                    await conn.execute(statements.workflow[cls], [params for _, params in group])
+                # One prepared statement, executed for every row (executemany): binds
+                # are per row, so no batch size meets the drivers' bind-parameter cap,
+                # and it measured 7x faster than SQLAlchemy's multi-row VALUES.
+                if event_rows:
+                    await conn.execute(statements.insert_events, event_rows)
+                for statement, params in workflow.items():
+                    await conn.execute(statement, params)
         except (SQLAlchemyError, OSError) as err:
             raise DatabaseError(
                 f"writing a batch of {len(entries)} entries to {self.dialect} failed: {err}"
@@ -174,9 +173,6 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<Database {self.dialect} {self.url}>"
-
-
-_EVENT_COLUMNS = tuple(event_row(ProxyLogEvent()))
 
 
 def _workflow_class(entry: object) -> type:

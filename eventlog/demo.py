@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -62,8 +63,9 @@ from eventlog.writer import start_database_logger
 
 __all__ = ["DemoSummary", "ModelSummary", "run_demo"]
 
-# Of the application's jobs, this share are workflow runs; the rest are single calls.
-_RUN_SHARE = 0.1
+# Of the application's jobs, this share are workflow runs (about one run for every 20
+# LLM calls); the rest are single calls.
+_RUN_SHARE = 0.07
 _ERROR_RATE = 0.017  # of single calls; runs fail by plan (see _plan_run) at a similar rate
 _RATE_LIMIT_RATE = 0.03
 _RATE_LIMIT_GIVE_UP = 0.1  # of rate-limited single calls: still limited after 3 retries
@@ -399,21 +401,14 @@ def _random_id(rng: random.Random, prefix: str, length: int) -> str:
 
 
 def _messages(rng: random.Random, app: _App) -> list[dict[str, str]]:
-    """1-3 user/assistant messages ending with the user's, after any retrieved sources."""
+    """The chat: the question alone, or after an earlier exchange (1 or 3 messages)."""
     question = rng.choice(app.questions)
     if app.sources:
         picked = rng.sample(app.sources, k=rng.randint(2, 3))
         sources = "\n".join(f"[{i}] {s}" for i, s in enumerate(picked, 1))
         question = f"Sources:\n{sources}\n\nQuestion: {question}"
-    turns = rng.choice((1, 1, 2, 3))
-    if turns == 1:
+    if rng.random() < 0.6:
         return [{"role": "user", "content": question}]
-    if turns == 2:
-        greeting = f"Hi! I'm the {app.name.replace('-', ' ')}. How can I help?"
-        return [
-            {"role": "assistant", "content": greeting},
-            {"role": "user", "content": question},
-        ]
     return [
         {"role": "user", "content": rng.choice(app.questions)},
         {"role": "assistant", "content": " ".join(rng.sample(app.answers, k=2))},
@@ -523,6 +518,14 @@ def _response(
 # -- the gateway: workers that play the jobs and send what they log -----------------------
 
 
+def _who(rng: random.Random, app: _App) -> tuple[str, InternalMetadata]:
+    """A user of the application, and who they are to the gateway (org and project)."""
+    number = rng.randrange(2000)
+    user = f"user-{number:04d}"
+    org = _ORGANIZATIONS[number % len(_ORGANIZATIONS)]
+    return user, InternalMetadata(organization_id=org, project_id=app.name, user_id=user)
+
+
 class _Gateway:
     """Plays jobs with ``concurrency`` workers, sending every entry through ``sender``."""
 
@@ -548,7 +551,7 @@ class _Gateway:
         model = rng.choices(_MODELS, _MODEL_SHARES)[0]
         now = datetime.now(UTC)
         call = _fake_call(rng, app, model, now, fail=None)
-        user = f"user-{rng.randrange(2000):04d}"
+        user, internal = _who(rng, app)
         metadata = RequestMetadata(
             application=app.name,
             environment=self.environment,
@@ -556,15 +559,10 @@ class _Gateway:
             prompt_id=f"{app.name}/system",
             prompt_version=call.prompt_version,
         )
-        await self._send_call(rng, call, now, metadata, app)
+        await self._send_call(call, now, metadata, internal)
 
     async def _send_call(
-        self,
-        rng: random.Random,
-        call: _Call,
-        end: datetime,
-        metadata: RequestMetadata,
-        app: _App,
+        self, call: _Call, end: datetime, metadata: RequestMetadata, internal: InternalMetadata
     ) -> None:
         self.sender.send(
             ProxyLogEvent(
@@ -579,9 +577,7 @@ class _Gateway:
                 num_retries=call.retries,
                 error=call.error,
                 metadata=metadata,
-                internal_metadata=InternalMetadata(
-                    organization_id=rng.choice(_ORGANIZATIONS), project_id=app.name
-                ),
+                internal_metadata=internal,
             )
         )
         self.calls += 1
@@ -607,7 +603,7 @@ class _Gateway:
         t = now - timedelta(seconds=duration)
 
         run_id = uuid7()
-        user = f"user-{rng.randrange(2000):04d}"
+        user, internal = _who(rng, app)
         self.sender.send(
             RunStartEvent(
                 id=run_id,
@@ -620,10 +616,10 @@ class _Gateway:
                 time=t,
             )
         )
-        for i, ((_, calls), gap) in enumerate(zip(steps, gaps, strict=False)):
+        for i, (duration, calls) in enumerate(steps):
             kind = workflow.steps[i]
             step_id = uuid7()
-            t += timedelta(seconds=gap)
+            t += timedelta(seconds=gaps[i])
             self.sender.send(
                 StepStartEvent(
                     step_id=step_id,
@@ -648,9 +644,9 @@ class _Gateway:
                     prompt_id=f"{app.name}/system",
                     prompt_version=call.prompt_version,
                 )
-                await self._send_call(rng, call, t, metadata, app)
+                await self._send_call(call, t, metadata, internal)
             if kind.is_tool:
-                t += timedelta(seconds=steps[i][0])
+                t += timedelta(seconds=duration)
             if job.failed_step == i:
                 error: object = (
                     calls[-1].error
@@ -702,11 +698,13 @@ class ModelSummary:
 
 @dataclass(frozen=True, slots=True)
 class DemoSummary:
-    """The figures a demo printed, read back from the database (except the timings).
+    """The figures a demo printed: read back from the database, except the timings.
 
-    ``environment`` is the value that marks this demo's rows. ``elapsed`` runs from the
-    first send to the writer's last commit; ``sent``/``written``/``failed`` count every
-    entry (LLM calls and workflow events) as the logger's stats saw them.
+    ``events`` counts this demo's LLM calls found in the database (``errors`` and
+    ``rate_limited`` among them), ``environment`` is the value that marks its rows.
+    ``elapsed`` runs from the first send to the writer's last commit, and
+    ``events_per_second`` is the LLM calls sent over it. ``sent``, ``written`` and
+    ``failed`` count every entry (LLM calls and workflow events) as the logger saw them.
     """
 
     url: str
@@ -817,76 +815,95 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _table(title: str) -> Table:
+    # Rules under the header and above the totals (the footer), no frame, collapsed
+    # padding: the calls table fits an 80-column terminal.
+    return Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE,
+        show_edge=False,
+        show_footer=True,
+        collapse_padding=True,
+    )
+
+
 def _print_summary(summary: DemoSummary, console: Console) -> None:
-    calls = Table(title="LLM calls by model", title_justify="left")
-    calls.add_column("provider")
-    calls.add_column("model")
-    for header in ("calls", "errors", "error rate", "rate-limited", "p50 ms", "p95 ms"):
-        calls.add_column(header, justify="right")
-    calls.add_column("prompt tokens", justify="right")
-    calls.add_column("completion tokens", justify="right")
-    for m in summary.models:
-        calls.add_row(
-            m.provider,
-            m.model,
-            f"{m.calls:,}",
-            f"{m.errors:,}",
-            f"{m.error_rate:.1%}",
-            f"{m.rate_limited:,}",
-            _ms(m.p50_ms),
-            _ms(m.p95_ms),
-            f"{m.prompt_tokens:,}",
-            f"{m.completion_tokens:,}",
-        )
-    calls.add_section()
     rate = summary.errors / summary.events if summary.events else 0.0
-    calls.add_row(
+    # Two-line headers keep the table inside 80 columns without truncating a figure.
+    headers = (
+        "model",
+        "calls",
+        "error\nrate",
+        "rate\nlimited",
+        "p50\nms",
+        "p95\nms",
+        "tokens\nin",
+        "tokens\nout",
+    )
+    footer = [
         "all",
-        "",
         f"{summary.events:,}",
-        f"{summary.errors:,}",
         f"{rate:.1%}",
         f"{summary.rate_limited:,}",
         _ms(summary.p50_ms),
         _ms(summary.p95_ms),
         f"{sum(m.prompt_tokens for m in summary.models):,}",
         f"{sum(m.completion_tokens for m in summary.models):,}",
-        style="bold",
-    )
+    ]
+    rows = [
+        [
+            m.model,
+            f"{m.calls:,}",
+            f"{m.error_rate:.1%}",
+            f"{m.rate_limited:,}",
+            _ms(m.p50_ms),
+            _ms(m.p95_ms),
+            f"{m.prompt_tokens:,}",
+            f"{m.completion_tokens:,}",
+        ]
+        for m in summary.models
+    ]
+    calls = _table("LLM calls by model")
+    for i, header in enumerate(headers):
+        calls.add_column(header, footer[i], justify="right" if i else "left", no_wrap=True)
+    for row in rows:
+        calls.add_row(*row)
     console.print(calls)
-    console.print("[dim]latency: what the caller waited, retries included (total_latency)[/dim]")
-
-    workflow = Table(title="Workflow runs and steps", title_justify="left")
-    workflow.add_column("status")
-    workflow.add_column("runs", justify="right")
-    workflow.add_column("steps", justify="right")
-    statuses = sorted(set(summary.runs_by_status) | set(summary.steps_by_status))
-    for status in statuses:
-        workflow.add_row(
-            status,
-            f"{summary.runs_by_status.get(status, 0):,}",
-            f"{summary.steps_by_status.get(status, 0):,}",
-        )
-    workflow.add_section()
-    workflow.add_row("all", f"{summary.runs:,}", f"{summary.steps:,}", style="bold")
-    console.print(workflow)
-
     console.print(
-        f"[bold]{summary.events:,}[/bold] LLM calls, {summary.runs:,} runs and "
-        f"{summary.steps:,} steps ({summary.written:,} entries) written in "
-        f"[bold]{summary.elapsed:.2f} s[/bold]: "
-        f"[bold]{summary.events_per_second:,.0f}[/bold] LLM calls/s, "
-        f"{summary.written / summary.elapsed if summary.elapsed else 0:,.0f} entries/s."
+        "[dim]ms: what the caller waited, retries included; tokens in/out: prompt/completion[/dim]"
+    )
+
+    if summary.runs:
+        workflow = _table("Runs and steps")
+        workflow.add_column("status", "all")
+        workflow.add_column("runs", f"{summary.runs:,}", justify="right")
+        workflow.add_column("steps", f"{summary.steps:,}", justify="right")
+        for status in sorted(set(summary.runs_by_status) | set(summary.steps_by_status)):
+            workflow.add_row(
+                status,
+                f"{summary.runs_by_status.get(status, 0):,}",
+                f"{summary.steps_by_status.get(status, 0):,}",
+            )
+        console.print(workflow)
+
+    per_second = summary.written / summary.elapsed if summary.elapsed > 0 else 0.0
+    console.print(
+        f"{summary.events:,} LLM calls ({summary.errors:,} errors, {summary.rate_limited:,} "
+        f"rate-limited), {summary.runs:,} runs and {summary.steps:,} steps.\n"
+        f"{summary.written:,} entries written in [bold]{summary.elapsed:.2f} s[/bold]: "
+        f"[bold]{summary.events_per_second:,.0f} LLM calls/s[/bold], "
+        f"{per_second:,.0f} entries/s.",
+        highlight=False,
     )
     if summary.failed:
         console.print(
             f"[bold red]{summary.failed:,} entries could not be written[/bold red] "
-            "(see the errors above)."
+            "(the errors are above).",
+            highlight=False,
         )
-    console.print(
-        f"This demo's rows: environment = '{summary.environment}' in {summary.url}",
-        highlight=False,
-    )
+    console.print(f"This demo's rows have environment = '{summary.environment}'.", highlight=False)
 
 
 # -- the demo -----------------------------------------------------------------------------
@@ -910,7 +927,8 @@ async def run_demo(
     ``events`` is the number of LLM calls (workflow events come on top). Only rows are
     added; nothing is dropped or changed. Raises :class:`~eventlog.DatabaseError` if the
     database cannot be migrated or read; entries that could not be written are counted
-    in :attr:`DemoSummary.failed` (the logger never raises for them).
+    in :attr:`DemoSummary.failed` (the logger never raises for them). Cancelled (Ctrl-C),
+    it stops at once rather than writing what is still queued: it is only a demo.
     """
     for name, value in (("events", events), ("concurrency", concurrency)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -927,10 +945,10 @@ async def _demo(
     db: Database, events: int, concurrency: int, seed: int, console: Console
 ) -> DemoSummary:
     environment = _new_environment()
-    console.print(f"Database [bold]{db.url}[/bold]: schema up to date.", highlight=False)
+    console.print(f"Database {db.url}: schema up to date.", highlight=False)
     console.print(
-        f"Simulating {events:,} LLM calls ({concurrency} at a time, seed {seed}) "
-        f"as environment '{environment}'.",
+        f"Simulating {events:,} LLM calls, {concurrency} at a time (seed {seed}),\n"
+        f"in environment '{environment}'.",
         highlight=False,
     )
     sender, writer = start_database_logger(db, batch_size=500, debounce_time=0.1)
