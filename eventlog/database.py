@@ -7,13 +7,13 @@ while its database is down) unless asked to migrate.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from sqlalchemy import Insert, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -60,12 +60,47 @@ def normalize_url(url: str | URL | os.PathLike[str]) -> URL:
         parsed = url
     driver = parsed.drivername
     if driver in ("postgresql", "postgres", "postgresql+asyncpg"):
-        return parsed.set(drivername="postgresql+asyncpg")
+        return _asyncpg_query(parsed.set(drivername="postgresql+asyncpg"))
     if driver in ("sqlite", "sqlite+aiosqlite"):
         return parsed.set(drivername="sqlite+aiosqlite")
     raise ValueError(
         f"database url scheme {driver!r} is not supported; use one of {SUPPORTED_URLS}"
     )
+
+
+# libpq URL parameters that asyncpg takes under another name; the rest of libpq's are not
+# understood by asyncpg, and failing here beats a TypeError at the first write.
+_LIBPQ_TO_ASYNCPG = {"sslmode": "ssl", "connect_timeout": "timeout"}
+_ASYNCPG_QUERY: dict[str, Callable[[str], Any]] = {
+    "ssl": str,
+    "timeout": float,
+    "command_timeout": float,
+    "prepared_statement_cache_size": int,
+    "direct_tls": lambda value: value.lower() in ("1", "true", "yes", "on"),
+}
+
+
+def _asyncpg_query(url: URL) -> URL:
+    query: dict[str, str] = {}
+    for key, value in url.query.items():
+        name = _LIBPQ_TO_ASYNCPG.get(key, key)
+        if name not in _ASYNCPG_QUERY or not isinstance(value, str):
+            supported = sorted(set(_ASYNCPG_QUERY) | set(_LIBPQ_TO_ASYNCPG))
+            raise ValueError(
+                f"database url parameter {key!r} is not supported with PostgreSQL "
+                f"(once each); use {', '.join(supported)}"
+            )
+        try:
+            _ASYNCPG_QUERY[name](value)
+        except ValueError:
+            raise ValueError(f"database url parameter {key}={value!r} is not valid") from None
+        query[name] = value
+    return url.set(query=query)
+
+
+def _asyncpg_connect_args(url: URL) -> dict[str, Any]:
+    """The URL's (already checked) parameters as typed asyncpg.connect() arguments."""
+    return {key: _ASYNCPG_QUERY[key](str(value)) for key, value in url.query.items()}
 
 
 def _is_memory(url: URL) -> bool:
@@ -99,7 +134,9 @@ def create_engine(url: URL) -> AsyncEngine:
             )
 
         return engine
-    return create_async_engine(url, **options)
+    # asyncpg wants typed keyword arguments (timeout=5.0), not the URL's strings.
+    options["connect_args"] = _asyncpg_connect_args(url)
+    return create_async_engine(url.set(query={}), **options)
 
 
 class Database:
@@ -154,7 +191,7 @@ class Database:
                     await conn.execute(statements.insert_events, event_rows)
                 for statement, params in workflow.items():
                     await conn.execute(statement, params)
-        except (SQLAlchemyError, OSError) as err:
+        except Exception as err:  # the driver's and SQLAlchemy's errors, in one place
             raise DatabaseError(
                 f"writing a batch of {len(entries)} entries to {self.dialect} failed: {err}"
             ) from err

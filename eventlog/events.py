@@ -74,6 +74,12 @@ def error_to_json(error: object) -> JSON:
     return error
 
 
+def _tags(value: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"tags must be a sequence of strings, not one {type(value).__name__}")
+    return tuple(value)
+
+
 def _as_duration(name: str, value: timedelta | float | None) -> timedelta | None:
     if value is None or isinstance(value, timedelta):
         return value
@@ -204,6 +210,7 @@ class RunStartEvent:
 
     def __post_init__(self) -> None:
         self.time = to_utc(self.time)
+        self.tags = _tags(self.tags)
 
     def to_json(self) -> dict[str, JSON]:
         """This event in chronicle's JSON wire format."""
@@ -270,6 +277,7 @@ class StepStartEvent:
 
     def __post_init__(self) -> None:
         self.time = to_utc(self.time)
+        self.tags = _tags(self.tags)
 
     def to_json(self) -> dict[str, JSON]:
         """This event in chronicle's JSON wire format."""

@@ -1,15 +1,21 @@
 """The SQL that applies a batch, per dialect: event inserts and run/step upserts.
 
-Run and step events are applied so that the result does not depend on arrival order:
+Every run or step event is an ``INSERT ... ON CONFLICT (id) DO UPDATE``, written so that
+statements of *different* kinds commute (the writer relies on this to apply a batch as
+one executemany per statement):
 
-- every event is an ``INSERT ... ON CONFLICT (id) DO UPDATE``, so an end, error, state or
-  update that arrives before its start creates the row, and the start fills it in;
-- a start never changes a status that a later event already set, and a ``step:state``
-  never changes the status of a step that has ended;
+- an end, error, state or update that arrives before its start creates the row, and the
+  start fills in the start's columns later; a start never touches ``status``, ``output``
+  or ``end_time`` of an existing row;
+- a ``step:state`` never changes the status of a step that has ended;
+- ``updated_at`` is the latest time of any event of the run;
 - ``info`` is merged shallowly, key by key (PostgreSQL's ``jsonb ||``; the same function
   on SQLite, where ``json_patch`` would merge deeply and delete keys set to null). When two
   events set one key, the logically later event wins: an update or end over a start,
-  whichever arrived first; between two updates, the one applied last.
+  whichever arrived first.
+
+Events of the *same* kind for one run or step (two updates; an end and an error) are
+applied in the order they were sent, and the last one applied wins.
 """
 
 from __future__ import annotations
@@ -102,7 +108,8 @@ def statements_for(dialect: str) -> Statements:
             "tags": x.tags,
             "created_at": x.created_at,
             "updated_at": later(runs.updated_at, x.updated_at),
-            "status": case((runs.status == "started", x.status), else_=runs.status),
+            # No "status": a row that exists already has the status of a later event
+            # (or of the same start, sent again).
             "info": merge(x.info, runs.info),
         },
     )
@@ -115,7 +122,7 @@ def statements_for(dialect: str) -> Statements:
             "status": x.status,
             "output": func.coalesce(x.output, runs.output),
             "info": merge(runs.info, x.info),
-            "updated_at": x.updated_at,
+            "updated_at": later(runs.updated_at, x.updated_at),
         },
     )
 

@@ -9,14 +9,13 @@ steady trickle can wait for a full batch; here no entry waits longer than
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 
-from eventlog._log import RateLimitedLog
+from eventlog._log import logger
 from eventlog.channel import LogSender
 from eventlog.database import ProxyDatabase
 from eventlog.events import ProxyLogEntry
@@ -83,8 +82,30 @@ async def _write_loop(
     debounce: float,
     clock: Clock,
 ) -> None:
-    # Per logger, so one logger's outage does not silence another's first report.
-    log_failure = RateLimitedLog(logging.ERROR)
+    failures = _FailureLog(clock)
+    try:
+        await _loop(db, sender, batch_size, debounce, clock, failures)
+    except asyncio.CancelledError:
+        lost = sender.stats().queued
+        if lost:
+            logger.warning(
+                "eventlog: the writer task was cancelled with %d entries not written; "
+                "call sender.close() and await the task to write them",
+                lost,
+            )
+        raise
+    finally:
+        failures.flush()
+
+
+async def _loop(
+    db: ProxyDatabase,
+    sender: LogSender,
+    batch_size: int,
+    debounce: float,
+    clock: Clock,
+    failures: _FailureLog,
+) -> None:
     pending: deque[ProxyLogEntry] = deque()
     # (count, clock() of the first) for each drain still in `pending`, oldest first:
     # tells the age of the oldest pending entry after a partial flush.
@@ -109,7 +130,7 @@ async def _write_loop(
             count = min(batch_size, len(pending))
             batch = [pending.popleft() for _ in range(count)]
             _forget(arrivals, count)
-            await _write(db, sender, batch, log_failure)
+            await _write(db, sender, batch, failures)
             continue  # drain what came in during the write before deciding again
         await sender._wait(batch_size - len(pending), debounce - waited)
 
@@ -137,18 +158,61 @@ def _forget(arrivals: deque[_Arrival], count: int) -> None:
 
 
 async def _write(
-    db: ProxyDatabase, sender: LogSender, batch: list[ProxyLogEntry], log_failure: RateLimitedLog
+    db: ProxyDatabase, sender: LogSender, batch: list[ProxyLogEntry], failures: _FailureLog
 ) -> None:
     try:
         await db.write_log_batch(batch)
     except Exception as err:
         sender._record_write(len(batch), ok=False)
-        log_failure(
-            "eventlog: failed to write a batch of %d entries: %s: %s",
-            len(batch),
-            type(err).__name__,
-            err,
-            exc_info=err,
-        )
+        failures.add(len(batch), err)
     else:
         sender._record_write(len(batch), ok=True)
+
+
+class _FailureLog:
+    """Logs failed writes: the first at once, then one summary per ``interval``.
+
+    A database that is down for a minute fails hundreds of batches; a line for each would
+    bury the application's own logs. Nothing is left out: the summary counts the batches
+    and entries since the last line, and what is pending is logged when the writer ends.
+    """
+
+    def __init__(self, clock: Clock, interval: float = 10.0) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._last = -math.inf
+        self._batches = 0
+        self._entries = 0
+        self._error: Exception | None = None
+
+    def add(self, entries: int, err: Exception) -> None:
+        now = self._clock()
+        if now - self._last >= self._interval and not self._batches:
+            self._last = now
+            logger.error(
+                "eventlog: failed to write a batch of %d entries: %s: %s",
+                entries,
+                type(err).__name__,
+                err,
+                exc_info=err,
+            )
+            return
+        self._batches += 1
+        self._entries += entries
+        self._error = err
+        if now - self._last >= self._interval:
+            self._last = now
+            self.flush()
+
+    def flush(self) -> None:
+        """Log the failures not reported yet, if any."""
+        if self._batches:
+            logger.error(
+                "eventlog: failed to write %d more batches (%d entries); last error: %s: %s",
+                self._batches,
+                self._entries,
+                type(self._error).__name__,
+                self._error,
+            )
+            self._batches = self._entries = 0
+            self._error = None

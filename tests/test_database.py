@@ -212,9 +212,28 @@ async def test_large_message_is_split_into_batches_and_all_written(db: Database)
     assert await count(db, chronicle_events) == 2_500
 
 
+class Signalling:
+    """Wraps a database; ``done`` is set once ``expected`` entries are committed."""
+
+    def __init__(self, db: Database, expected: int) -> None:
+        self.db = db
+        self.expected = expected
+        self.written = 0
+        self.done = asyncio.Event()
+
+    async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
+        await self.db.write_log_batch(entries)
+        self.written += len(entries)
+        if self.written >= self.expected:
+            self.done.set()
+
+
 async def test_sends_from_eight_threads_are_all_written_once(db: Database) -> None:
-    sender, task = start_database_logger(db, batch_size=200, debounce_time=0.01)
     per_thread = 500
+    # batch_size divides the total and the debounce is long: every batch is a full one,
+    # written because the senders woke the writer, before close() flushes anything.
+    signalling = Signalling(db, expected=8 * per_thread)
+    sender, task = start_database_logger(signalling, batch_size=100, debounce_time=3600)
     barrier = threading.Barrier(8)
     sent: list[list[uuid.UUID]] = [[] for _ in range(8)]
 
@@ -233,6 +252,8 @@ async def test_sends_from_eight_threads_are_all_written_once(db: Database) -> No
         thread.start()
     for thread in threads:
         await asyncio.to_thread(thread.join)
+    await asyncio.wait_for(signalling.done.wait(), 60)
+    assert sender.stats().batches == 40
     sender.close()
     await task
     async with db.engine.connect() as conn:
@@ -502,15 +523,86 @@ async def test_written_rows_answer_plain_sql_analytics(db: Database, backend: st
     ]
 
 
-@pytest.mark.parametrize("dialect_check", ["dialect"])
-async def test_database_exposes_dialect_and_engine(
-    db: Database, backend: str, dialect_check: str
-) -> None:
+async def test_database_exposes_dialect_and_engine(db: Database, backend: str) -> None:
     assert db.dialect == backend
     assert db.engine.dialect.name == backend
-    assert "password" not in db.url
     await db.close()
     await db.close()  # closing twice is harmless
+
+
+async def test_database_url_hides_the_password() -> None:
+    import eventlog
+
+    db = await eventlog.open_database("postgresql://app:s3cret@127.0.0.1:1/llm")
+    assert "s3cret" not in db.url
+    assert "s3cret" not in repr(db)
+    assert db.url.startswith("postgresql+asyncpg://app:***@127.0.0.1:1/llm")
+    await db.close()
+
+
+def _mixed_workflow_events(seed: int) -> list[ProxyLogEntry]:
+    """Random run and step events of a few runs: duplicates, repeats, every kind."""
+    import random
+
+    rng = random.Random(seed)
+    runs = [uuid7() for _ in range(3)]
+    steps = [(uuid7(), rng.choice(runs)) for _ in range(5)]
+    events: list[ProxyLogEntry] = []
+    for i in range(60):
+        when = T0 + timedelta(seconds=rng.randrange(100))
+        info = {rng.choice("abc"): i}
+        run_id = rng.choice(runs)
+        step_id, step_run = rng.choice(steps)
+        kind = rng.randrange(7)
+        if kind == 0:
+            status = rng.choice([None, "queued", "started"])
+            events.append(
+                RunStartEvent(id=run_id, name=f"r{i}", status=status, info=info, time=when)
+            )
+        elif kind == 1:
+            status = rng.choice([None, "running", "started", "error"])
+            output = rng.choice([None, {"o": i}])
+            events.append(
+                RunUpdateEvent(id=run_id, status=status, output=output, info=info, time=when)
+            )
+        elif kind == 2:
+            events.append(
+                StepStartEvent(step_id=step_id, run_id=step_run, type="t", info=info, time=when)
+            )
+        elif kind == 3:
+            events.append(
+                StepEndEvent(step_id=step_id, run_id=step_run, output=i, info=info, time=when)
+            )
+        elif kind == 4:
+            events.append(
+                StepErrorEvent(step_id=step_id, run_id=step_run, error={"e": i}, time=when)
+            )
+        else:
+            state = rng.choice(["waiting", "running"])
+            events.append(StepStateEvent(step_id=step_id, run_id=step_run, state=state, time=when))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_one_batch_gives_the_same_rows_as_one_event_at_a_time(
+    backend: str, fresh_url: Any, seed: int
+) -> None:
+    # The writer applies a batch as one executemany per statement; that must be the
+    # same as applying the events one by one, in the order sent.
+    import eventlog
+
+    events = _mixed_workflow_events(seed)
+    together = await eventlog.open_database(fresh_url(backend), migrate=True)
+    one_by_one = await eventlog.open_database(fresh_url(backend), migrate=True)
+    try:
+        await together.write_log_batch(events)
+        for event in events:
+            await one_by_one.write_log_batch([event])
+        for table in (chronicle_runs, chronicle_steps):
+            assert await rows(together, table) == await rows(one_by_one, table)
+    finally:
+        await together.close()
+        await one_by_one.close()
 
 
 def _closed_port() -> int:

@@ -119,3 +119,13 @@ def test_generic_event_data_goes_to_meta_and_non_objects_are_wrapped() -> None:
     assert payload_row(EventPayload(type="t", data={"a": 1}))["meta"] == {"a": 1}
     assert payload_row(EventPayload(type="t", data=[1, 2]))["meta"] == {"data": [1, 2]}
     assert payload_row(EventPayload(type="t"))["meta"] is None
+
+
+def test_tags_must_be_a_sequence_of_strings_not_one_string() -> None:
+    from eventlog import RunStartEvent, StepStartEvent
+
+    with pytest.raises(TypeError, match="tags must be a sequence of strings"):
+        RunStartEvent(id=uuid7(), name="r", tags="prod")
+    with pytest.raises(TypeError, match="tags must be a sequence of strings"):
+        StepStartEvent(step_id=uuid7(), run_id=uuid7(), type="t", tags="x")
+    assert RunStartEvent(id=uuid7(), name="r", tags=["a", "b"]).tags == ("a", "b")

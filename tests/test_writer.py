@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
 
-from eventlog import EventPayload, LoggerStats, start_database_logger
+from eventlog import EventPayload, LoggerStats, LogSender, start_database_logger
+from eventlog.events import ProxyLogEntry
 from eventlog.testing import ManualClock, MemoryDatabase
 
 
@@ -16,10 +18,17 @@ def events(n: int, prefix: str = "e") -> list[EventPayload]:
     return [EventPayload(type=f"{prefix}{i}") for i in range(n)]
 
 
-async def let_writer_run() -> None:
-    """Give the writer task its turns on the loop (no wall-clock waiting)."""
-    for _ in range(5):
+async def writer_asleep(sender: LogSender) -> None:
+    """Wait until the writer has dealt with everything so far and sleeps again.
+
+    A synchronisation on the writer's own state (it sleeps on a future), not a timer.
+    """
+    for _ in range(10_000):
+        waiter = sender._waiter
+        if waiter is not None and not waiter.done():
+            return
         await asyncio.sleep(0)
+    raise AssertionError("the writer did not go back to sleep")
 
 
 async def test_full_batch_is_written_without_waiting_for_the_debounce_time() -> None:
@@ -42,7 +51,7 @@ async def test_event_sent_alone_is_written_after_debounce_time() -> None:
     (entry,) = events(1)
     sender.send(entry)
     clock.advance(0.5)
-    await let_writer_run()
+    await writer_asleep(sender)
     assert db.batches == []
     clock.advance(0.5)
     await db.wait_for_batches(1)
@@ -61,7 +70,7 @@ async def test_trickle_is_flushed_when_the_oldest_entry_has_waited_debounce_time
         first, second = sent[2 * pair], sent[2 * pair + 1]
         sender.send(first)
         clock.advance(0.9)
-        await let_writer_run()
+        await writer_asleep(sender)
         sender.send(second)
         clock.advance(0.9)  # `first` has now waited 1.8 s
         await db.wait_for_batches(pair + 1)
@@ -111,7 +120,7 @@ async def test_close_writes_everything_sent_before_it() -> None:
 async def test_close_with_nothing_sent_ends_the_task() -> None:
     db = MemoryDatabase()
     sender, task = start_database_logger(db)
-    await let_writer_run()
+    await writer_asleep(sender)
     sender.close()
     await asyncio.wait_for(task, 10)
     assert db.batches == []
@@ -183,7 +192,7 @@ async def test_failed_write_is_logged_counted_and_the_writer_goes_on(
     lost, kept = events(2, "lost"), events(2, "kept")
     with caplog.at_level(logging.ERROR, logger="eventlog"):
         sender.send(lost)
-        await let_writer_run()
+        await writer_asleep(sender)
         sender.send(kept)
         sender.close()
         await task
@@ -229,15 +238,18 @@ async def test_debounce_time_accepts_a_timedelta() -> None:
         db, batch_size=100, debounce_time=timedelta(milliseconds=250), clock=clock
     )
     sender.send(events(1))
-    clock.advance(0.25)
+    clock.advance(0.2)
+    await writer_asleep(sender)
+    assert db.batches == []
+    clock.advance(0.05)
     await db.wait_for_batches(1)
     sender.close()
     await task
 
 
 async def test_zero_debounce_time_writes_each_drain_at_once() -> None:
-    db = MemoryDatabase()
-    sender, task = start_database_logger(db, batch_size=100, debounce_time=0)
+    db, clock = MemoryDatabase(), ManualClock()  # time never moves: no waiting at all
+    sender, task = start_database_logger(db, batch_size=100, debounce_time=0, clock=clock)
     sender.send(events(1))
     await db.wait_for_batches(1)
     sender.close()
@@ -277,3 +289,36 @@ async def test_invalid_arguments_raise_value_error_naming_the_parameter(
 def test_starting_without_a_running_loop_says_where_to_call_it() -> None:
     with pytest.raises(RuntimeError, match="inside a running event loop"):
         start_database_logger(MemoryDatabase())
+
+
+async def test_repeated_write_failures_are_summarised_not_hidden(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Down(MemoryDatabase):
+        async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
+            raise ConnectionRefusedError("database is down")
+
+    sender, task = start_database_logger(Down(), batch_size=2, debounce_time=60)
+    with caplog.at_level(logging.ERROR, logger="eventlog"):
+        sender.send(events(7))
+        sender.close()
+        await task
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "failed to write a batch of 2 entries" in messages[0]
+    assert "3 more batches (5 entries)" in messages[1]
+    assert "database is down" in messages[1]
+
+
+async def test_cancelling_the_writer_warns_about_unwritten_entries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db = MemoryDatabase()
+    sender, task = start_database_logger(db, batch_size=100, debounce_time=60)
+    sender.send(events(4))
+    await writer_asleep(sender)
+    with caplog.at_level(logging.WARNING, logger="eventlog"):
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert any("cancelled with 4 entries not written" in r.getMessage() for r in caplog.records)
