@@ -189,8 +189,59 @@ class ProxyLogEvent:
 # -- workflow events: chronicle's wire format ------------------------------------------
 
 
+def _wire(value: Any) -> JSON:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+class _WireEvent:
+    """What the workflow classes share: UTC ``time``, and ``to_json()`` from the fields.
+
+    Step events carry their own fields under ``"data"`` on the wire, beside ``type``,
+    ``step_id``, ``run_id`` and ``time``; the other classes are flat.
+    """
+
+    __slots__ = ()
+    TYPE: ClassVar[str] = ""  # "" for EventPayload, whose ``type`` is a field
+    _TOP_LEVEL: ClassVar[frozenset[str] | None] = None  # None: every field at top level
+    _PRIVATE: ClassVar[frozenset[str]] = frozenset()  # never sent over the wire
+
+    time: datetime
+
+    def __post_init__(self) -> None:
+        # `time` is a slot of each subclass; mypy only sees this class's empty slots.
+        self.time = to_utc(self.time)  # type: ignore[misc]
+
+    def to_json(self) -> dict[str, JSON]:
+        """This event in chronicle's JSON wire format (absent values left out)."""
+        top: dict[str, JSON] = {"type": self.TYPE} if self.TYPE else {}
+        data: dict[str, JSON] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None or f.name in self._PRIVATE:
+                continue
+            at_top = self._TOP_LEVEL is None or f.name in self._TOP_LEVEL
+            (top if at_top else data)[f.name] = _wire(value)
+        if self._TOP_LEVEL is not None:
+            top["data"] = data
+        return top
+
+
+_STEP_TOP_LEVEL = frozenset({"step_id", "run_id", "time"})
+
+
+def _tags_post_init(event: RunStartEvent | StepStartEvent) -> None:
+    _WireEvent.__post_init__(event)  # slots=True dataclasses cannot use super()
+    event.tags = _tags(event.tags)
+
+
 @dataclass(slots=True, kw_only=True)
-class RunStartEvent:
+class RunStartEvent(_WireEvent):
     """``run:start``: a workflow run begins, with ``status`` or else ``started``."""
 
     TYPE: ClassVar[str] = "run:start"
@@ -209,30 +260,11 @@ class RunStartEvent:
     time: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
-        self.time = to_utc(self.time)
-        self.tags = _tags(self.tags)
-
-    def to_json(self) -> dict[str, JSON]:
-        """This event in chronicle's JSON wire format."""
-        return _drop_none(
-            type=self.TYPE,
-            id=str(self.id),
-            name=self.name,
-            description=self.description,
-            status=self.status,
-            application=self.application,
-            environment=self.environment,
-            input=self.input,
-            trace_id=self.trace_id,
-            span_id=self.span_id,
-            tags=list(self.tags),
-            info=self.info,
-            time=self.time.isoformat(),
-        )
+        _tags_post_init(self)
 
 
 @dataclass(slots=True, kw_only=True)
-class RunUpdateEvent:
+class RunUpdateEvent(_WireEvent):
     """``run:update``: a run's status changes (usually to ``finished`` or ``error``)."""
 
     TYPE: ClassVar[str] = "run:update"
@@ -243,26 +275,13 @@ class RunUpdateEvent:
     info: dict[str, JSON] | None = None
     time: datetime = field(default_factory=utc_now)
 
-    def __post_init__(self) -> None:
-        self.time = to_utc(self.time)
-
-    def to_json(self) -> dict[str, JSON]:
-        """This event in chronicle's JSON wire format."""
-        return _drop_none(
-            type=self.TYPE,
-            id=str(self.id),
-            status=self.status,
-            output=self.output,
-            info=self.info,
-            time=self.time.isoformat(),
-        )
-
 
 @dataclass(slots=True, kw_only=True)
-class StepStartEvent:
+class StepStartEvent(_WireEvent):
     """``step:start``: a step of a run begins; on the wire its fields sit under ``data``."""
 
     TYPE: ClassVar[str] = "step:start"
+    _TOP_LEVEL: ClassVar[frozenset[str] | None] = _STEP_TOP_LEVEL
 
     step_id: uuid.UUID
     run_id: uuid.UUID
@@ -276,28 +295,15 @@ class StepStartEvent:
     time: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
-        self.time = to_utc(self.time)
-        self.tags = _tags(self.tags)
-
-    def to_json(self) -> dict[str, JSON]:
-        """This event in chronicle's JSON wire format."""
-        data = _drop_none(
-            type=self.type,
-            name=self.name,
-            parent_step=None if self.parent_step is None else str(self.parent_step),
-            span_id=self.span_id,
-            tags=list(self.tags),
-            info=self.info,
-            input=self.input,
-        )
-        return _step_json(self.TYPE, self.step_id, self.run_id, self.time, data)
+        _tags_post_init(self)
 
 
 @dataclass(slots=True, kw_only=True)
-class StepEndEvent:
+class StepEndEvent(_WireEvent):
     """``step:end``: a step finished with its output."""
 
     TYPE: ClassVar[str] = "step:end"
+    _TOP_LEVEL: ClassVar[frozenset[str] | None] = _STEP_TOP_LEVEL
 
     step_id: uuid.UUID
     run_id: uuid.UUID
@@ -305,20 +311,13 @@ class StepEndEvent:
     info: dict[str, JSON] | None = None
     time: datetime = field(default_factory=utc_now)
 
-    def __post_init__(self) -> None:
-        self.time = to_utc(self.time)
-
-    def to_json(self) -> dict[str, JSON]:
-        """This event in chronicle's JSON wire format."""
-        data = _drop_none(output=self.output, info=self.info)
-        return _step_json(self.TYPE, self.step_id, self.run_id, self.time, data)
-
 
 @dataclass(slots=True, kw_only=True)
-class StepErrorEvent:
+class StepErrorEvent(_WireEvent):
     """``step:error``: a step failed; ``error`` is any JSON value or an exception."""
 
     TYPE: ClassVar[str] = "step:error"
+    _TOP_LEVEL: ClassVar[frozenset[str] | None] = _STEP_TOP_LEVEL
 
     step_id: uuid.UUID
     run_id: uuid.UUID
@@ -326,41 +325,33 @@ class StepErrorEvent:
     time: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
-        self.time = to_utc(self.time)
-        if isinstance(self.error, BaseException):
-            self.error = error_to_json(self.error)
-
-    def to_json(self) -> dict[str, JSON]:
-        """This event in chronicle's JSON wire format."""
-        return _step_json(self.TYPE, self.step_id, self.run_id, self.time, {"error": self.error})
+        _WireEvent.__post_init__(self)
+        self.error = error_to_json(self.error)
 
 
 @dataclass(slots=True, kw_only=True)
-class StepStateEvent:
+class StepStateEvent(_WireEvent):
     """``step:state``: a step moved to another state (``waiting``, ``paused``, ...)."""
 
     TYPE: ClassVar[str] = "step:state"
+    _TOP_LEVEL: ClassVar[frozenset[str] | None] = _STEP_TOP_LEVEL
 
     step_id: uuid.UUID
     run_id: uuid.UUID
     state: str
     time: datetime = field(default_factory=utc_now)
 
-    def __post_init__(self) -> None:
-        self.time = to_utc(self.time)
-
-    def to_json(self) -> dict[str, JSON]:
-        """This event in chronicle's JSON wire format."""
-        return _step_json(self.TYPE, self.step_id, self.run_id, self.time, {"state": self.state})
-
 
 @dataclass(slots=True, kw_only=True)
-class EventPayload:
+class EventPayload(_WireEvent):
     """Any other event (``type`` is free-form), stored as a row of ``chronicle_events``.
 
     ``data`` goes to the ``meta`` column. ``id`` is assigned when the event is created, so
-    a client that retries the same event stores it once.
+    a client that retries the same event stores it once. ``internal_metadata`` (who the
+    event belongs to, as the trusted side knows it) is never part of the wire format.
     """
+
+    _PRIVATE: ClassVar[frozenset[str]] = frozenset({"internal_metadata"})
 
     type: str
     data: JSON = None
@@ -372,23 +363,10 @@ class EventPayload:
     internal_metadata: InternalMetadata | None = None
 
     def __post_init__(self) -> None:
-        self.time = to_utc(self.time)
-        if isinstance(self.error, BaseException):
-            self.error = error_to_json(self.error)
+        _WireEvent.__post_init__(self)
+        self.error = error_to_json(self.error)
         if isinstance(self.internal_metadata, Mapping):
             self.internal_metadata = InternalMetadata.from_dict(self.internal_metadata)
-
-    def to_json(self) -> dict[str, JSON]:
-        """This event in chronicle's JSON wire format (without internal metadata)."""
-        return _drop_none(
-            type=self.type,
-            id=str(self.id),
-            data=self.data,
-            error=self.error,
-            run_id=None if self.run_id is None else str(self.run_id),
-            step_id=None if self.step_id is None else str(self.step_id),
-            time=self.time.isoformat(),
-        )
 
 
 WorkflowEvent: TypeAlias = (
@@ -416,19 +394,3 @@ ENTRY_TYPES: Final = (
     EventPayload,
 )
 """The entry classes, as a tuple for ``isinstance`` and ``type(x) in``."""
-
-
-def _drop_none(**values: JSON) -> dict[str, JSON]:
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def _step_json(
-    typ: str, step_id: uuid.UUID, run_id: uuid.UUID, time: datetime, data: dict[str, JSON]
-) -> dict[str, JSON]:
-    return {
-        "type": typ,
-        "step_id": str(step_id),
-        "run_id": str(run_id),
-        "time": time.isoformat(),
-        "data": data,
-    }
