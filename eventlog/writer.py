@@ -18,7 +18,7 @@ from datetime import timedelta
 from eventlog._log import logger
 from eventlog.channel import LogSender
 from eventlog.database import ProxyDatabase
-from eventlog.events import ProxyLogEntry
+from eventlog.events import EventPayload, ProxyLogEntry, ProxyLogEvent
 
 __all__ = ["Clock", "start_database_logger"]
 
@@ -83,9 +83,11 @@ async def _write_loop(
     clock: Clock,
 ) -> None:
     failures = _FailureLog(clock)
+    writes = _Writes(db, sender, failures)
     try:
-        await _loop(db, sender, batch_size, debounce, clock, failures)
+        await _loop(sender, batch_size, debounce, clock, writes)
     except asyncio.CancelledError:
+        writes.cancel()
         lost = sender.stats().queued
         if lost:
             logger.warning(
@@ -99,12 +101,11 @@ async def _write_loop(
 
 
 async def _loop(
-    db: ProxyDatabase,
     sender: LogSender,
     batch_size: int,
     debounce: float,
     clock: Clock,
-    failures: _FailureLog,
+    writes: _Writes,
 ) -> None:
     pending: deque[ProxyLogEntry] = deque()
     # (count, clock() of the first) for each drain still in `pending`, oldest first:
@@ -122,6 +123,7 @@ async def _loop(
             arrivals.append(_Arrival(len(pending) - before, first_time))
         if not pending:
             if closed:
+                await writes.finish()
                 return
             await sender._wait(1, None)
             continue
@@ -130,8 +132,8 @@ async def _loop(
             count = min(batch_size, len(pending))
             batch = [pending.popleft() for _ in range(count)]
             _forget(arrivals, count)
-            await _write(db, sender, batch, failures)
-            continue  # drain what came in during the write before deciding again
+            await writes.start(batch)
+            continue  # drain what came in meanwhile before deciding again
         await sender._wait(batch_size - len(pending), debounce - waited)
 
 
@@ -157,16 +159,62 @@ def _forget(arrivals: deque[_Arrival], count: int) -> None:
             count = 0
 
 
-async def _write(
-    db: ProxyDatabase, sender: LogSender, batch: list[ProxyLogEntry], failures: _FailureLog
-) -> None:
-    try:
-        await db.write_log_batch(batch)
-    except Exception as err:
-        sender._record_write(len(batch), ok=False)
-        failures.add(len(batch), err)
-    else:
-        sender._record_write(len(batch), ok=True)
+class _Writes:
+    """The batches being written: at most ``db.concurrent_writes`` at once (default 1).
+
+    With two connections the server writes one batch while Python prepares the next.
+    Event rows are independent, but run and step events of one run must apply in the
+    order sent: a batch that holds any waits for the previous such batch to finish.
+    """
+
+    def __init__(self, db: ProxyDatabase, sender: LogSender, failures: _FailureLog) -> None:
+        self._db = db
+        self._sender = sender
+        self._failures = failures
+        limit = getattr(db, "concurrent_writes", 1)
+        self._limit = limit if isinstance(limit, int) and limit > 1 else 1
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ordered: asyncio.Task[None] | None = None
+
+    async def start(self, batch: list[ProxyLogEntry]) -> None:
+        """Start writing ``batch``; returns once it is under way (or done, one at a time)."""
+        if self._limit == 1:
+            await self._write(batch, None)
+            return
+        while len(self._tasks) >= self._limit:
+            await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        ordered = any(type(entry) not in _ROW_TYPES for entry in batch)
+        task = asyncio.get_running_loop().create_task(
+            self._write(batch, self._ordered if ordered else None)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if ordered:
+            self._ordered = task
+
+    async def finish(self) -> None:
+        """Wait for every write under way."""
+        while self._tasks:
+            await asyncio.wait(self._tasks)
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def _write(self, batch: list[ProxyLogEntry], after: asyncio.Task[None] | None) -> None:
+        if after is not None:
+            await asyncio.wait([after])
+        try:
+            await self._db.write_log_batch(batch)
+        except Exception as err:
+            self._sender._record_write(len(batch), ok=False)
+            self._failures.add(len(batch), err)
+        else:
+            self._sender._record_write(len(batch), ok=True)
+
+
+# Entries that become chronicle_events rows: their order between batches does not matter.
+_ROW_TYPES = frozenset({ProxyLogEvent, EventPayload})
 
 
 class _FailureLog:

@@ -193,3 +193,27 @@ async def test_migrations_are_shipped_inside_the_wheel(tmp_path: Path) -> None:
 
 def test_migrations_dir_is_found_from_a_checkout() -> None:
     assert (migrations_dir() / "env.py").is_file()
+
+
+async def test_large_json_columns_use_lz4_on_postgresql(
+    fresh_url: Callable[[str], str],
+) -> None:
+    from sqlalchemy import text
+
+    db = await eventlog.open_database(fresh_url("postgresql"), migrate=True)
+    try:
+        async with db.engine.connect() as conn:
+            methods = dict(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT attname, attcompression FROM pg_attribute "
+                            "WHERE attrelid = 'chronicle_events'::regclass "
+                            "AND attname IN ('chat_request', 'chat_response', 'model')"
+                        )
+                    )
+                ).all()
+            )
+    finally:
+        await db.close()
+    assert methods == {"chat_request": b"l", "chat_response": b"l", "model": b"\x00"}

@@ -322,3 +322,59 @@ async def test_cancelling_the_writer_warns_about_unwritten_entries(
         with pytest.raises(asyncio.CancelledError):
             await task
     assert any("cancelled with 4 entries not written" in r.getMessage() for r in caplog.records)
+
+
+class Gated(MemoryDatabase):
+    """Each write waits until the test opens its gate; two may be under way at once."""
+
+    concurrent_writes = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[list[ProxyLogEntry]] = []
+        self.written_when_started: list[int] = []
+        self.gates: list[asyncio.Event] = []
+        self.started_changed = asyncio.Event()
+
+    async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
+        gate = asyncio.Event()
+        self.started.append(list(entries))
+        self.written_when_started.append(len(self.batches))
+        self.gates.append(gate)
+        self.started_changed.set()
+        await gate.wait()
+        await super().write_log_batch(entries)
+
+    async def wait_started(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(self.started) < count:
+                self.started_changed.clear()
+                await self.started_changed.wait()
+
+
+async def test_two_batches_are_written_at_once_but_run_events_keep_their_order() -> None:
+    from eventlog import RunStartEvent, RunUpdateEvent
+    from eventlog.ids import uuid7
+
+    db = Gated()
+    sender, task = start_database_logger(db, batch_size=2, debounce_time=60)
+    run_id = uuid7()
+    first = [RunStartEvent(id=run_id, name="r"), *events(1)]
+    rows_only = events(2, "rows")
+    second = [RunUpdateEvent(id=run_id, status="finished"), *events(1)]
+    sender.send(first)
+    await db.wait_started(1)
+    sender.send(rows_only)
+    await db.wait_started(2)  # a batch of rows only does not wait for the first
+    sender.send(second)
+    db.gates[1].set()  # rows_only is written; a slot is free for `second`...
+    await db.wait_for_batches(1)
+    assert db.batches == [rows_only]
+    db.gates[0].set()  # ...but `second` starts only once `first` is written
+    await db.wait_started(3)
+    db.gates[2].set()
+    sender.close()
+    await task
+    assert db.started == [first, rows_only, second]
+    assert db.written_when_started == [0, 0, 2]
+    assert db.batches == [rows_only, first, second]
