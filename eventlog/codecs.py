@@ -9,7 +9,7 @@ that SQLAlchemy's SQLite ``DATETIME`` uses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,46 +19,42 @@ from eventlog.types import JsonType, TagsType, UTCDateTime, UUIDType, json_dumps
 
 __all__ = ["RowEncoder", "row_encoder"]
 
-RowEncoder = Callable[[Mapping[str, Any]], tuple[Any, ...]]
+RowEncoder = Callable[[Sequence[Any]], list[Any]]
 
 
-def _json(value: Any) -> str | None:
-    return None if value is None else json_dumps(value)
-
-
-def _sqlite_time(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is not None and value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def _sqlite_uuid(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _sqlite_time(value: datetime) -> str:
+    if value.tzinfo is not UTC:  # events hold UTC already, unless changed after creation
+        value = value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 def _encoder(column_type: Any, dialect: str) -> Callable[[Any], Any] | None:
-    """The conversion for one column, or None when the value goes to the driver as is."""
+    """The conversion of one column's non-null values, or None to pass them as they are."""
     if column_type is JsonType:
-        return _json  # jsonb takes JSON text; SQLite stores the text
+        return json_dumps  # jsonb takes JSON text; SQLite stores the text
     if column_type is TagsType:
-        return None if dialect == "postgresql" else _json  # text[] takes the list
+        return None if dialect == "postgresql" else json_dumps  # text[] takes the list
     if isinstance(column_type, UUIDType):
-        return None if dialect == "postgresql" else _sqlite_uuid
+        return None if dialect == "postgresql" else str
     if isinstance(column_type, UTCDateTime):
         return None if dialect == "postgresql" else _sqlite_time
     return None
 
 
-def row_encoder(table: Table, dialect: str, columns: list[str] | None = None) -> RowEncoder:
-    """Turn a row dict into the tuple of driver values, in ``columns`` order."""
-    names = columns if columns is not None else [c.name for c in table.columns]
-    steps = [(name, _encoder(table.c[name].type, dialect)) for name in names]
+def row_encoder(table: Table, dialect: str, columns: Sequence[str]) -> RowEncoder:
+    """Turn a tuple of Python values (in ``columns`` order) into driver values."""
+    conversions = [
+        (i, convert)
+        for i, name in enumerate(columns)
+        if (convert := _encoder(table.c[name].type, dialect)) is not None
+    ]
 
-    def encode(row: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(
-            row.get(name) if convert is None else convert(row.get(name)) for name, convert in steps
-        )
+    def encode(values: Sequence[Any]) -> list[Any]:
+        encoded = list(values)
+        for i, convert in conversions:
+            value = encoded[i]
+            if value is not None:
+                encoded[i] = convert(value)
+        return encoded
 
     return encode

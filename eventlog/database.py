@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,8 @@ from eventlog import postgres, sqlite
 from eventlog.codecs import RowEncoder, row_encoder
 from eventlog.events import EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
-from eventlog.rows import event_row, payload_row, workflow_params
-from eventlog.schema import chronicle_events
-from eventlog.statements import SQLITE_MERGE_FUNCTION, merge_info_json, statements_for
+from eventlog.rows import EVENT_COLUMNS, event_values, payload_values, workflow_params
+from eventlog.statements import statements_for
 from eventlog.types import json_dumps, json_loads
 
 __all__ = ["Database", "ProxyDatabase", "normalize_url", "open_database"]
@@ -53,6 +53,8 @@ def normalize_url(url: str | URL | os.PathLike[str]) -> URL:
     if isinstance(url, os.PathLike):
         url = os.fspath(url)
     if isinstance(url, str):
+        if url == ":memory:":
+            url = "sqlite://"
         if "://" not in url:
             if not url or url.startswith(("postgres:", "postgresql:", "sqlite:")):
                 raise ValueError(f"database url must be one of {SUPPORTED_URLS}; got {url!r}")
@@ -67,6 +69,14 @@ def normalize_url(url: str | URL | os.PathLike[str]) -> URL:
     if driver in ("postgresql", "postgres", "postgresql+asyncpg"):
         return _asyncpg_query(parsed.set(drivername="postgresql+asyncpg"))
     if driver in ("sqlite", "sqlite+aiosqlite"):
+        if parsed.database in (None, "", ":memory:"):
+            # A private in-memory database would differ per connection; a named one in
+            # shared cache is the same for the engine and the writer's own connection.
+            return URL.create(
+                "sqlite+aiosqlite",
+                database=f"file:eventlog-{uuid.uuid4().hex}",
+                query={"mode": "memory", "cache": "shared", "uri": "true"},
+            )
         return parsed.set(drivername="sqlite+aiosqlite")
     raise ValueError(
         f"database url scheme {driver!r} is not supported; use one of {SUPPORTED_URLS}"
@@ -109,7 +119,17 @@ def _asyncpg_connect_args(url: URL) -> dict[str, Any]:
 
 
 def _is_memory(url: URL) -> bool:
-    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    return url.get_backend_name() == "sqlite" and url.query.get("mode") == "memory"
+
+
+def _sqlite_writer(url: URL) -> sqlite.SQLiteWriter:
+    uri = url.query.get("uri") == "true"
+    database = url.database or ":memory:"
+    if uri:
+        # SQLAlchemy passes the query (minus its own `uri` flag) to sqlite3 as the URI's.
+        query = "&".join(f"{k}={v}" for k, v in url.query.items() if k != "uri")
+        database = f"{database}?{query}" if query else database
+    return sqlite.SQLiteWriter(database, uri=uri, memory=_is_memory(url))
 
 
 def create_engine(url: URL) -> AsyncEngine:
@@ -126,17 +146,7 @@ def create_engine(url: URL) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            # WAL lets readers (analytics, the CLI) work while the writer commits;
-            # synchronous=NORMAL is durable against application crashes in WAL mode.
-            if not _is_memory(url):
-                cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=10000")
-            cursor.close()
-            dbapi_connection.create_function(
-                SQLITE_MERGE_FUNCTION, 2, merge_info_json, deterministic=True
-            )
+            sqlite.configure(dbapi_connection, memory=_is_memory(url))
 
         return engine
     # asyncpg wants typed keyword arguments (timeout=5.0), not the URL's strings.
@@ -159,12 +169,15 @@ class Database:
         if name not in ("postgresql", "sqlite"):
             raise ValueError(f"unsupported database dialect {name!r}")
         self.dialect: Literal["postgresql", "sqlite"] = name  # type: ignore[assignment]
-        # PostgreSQL serves a second writer connection well (the server works on one
-        # batch while Python prepares the next); SQLite has one writer at a time.
+        # Batches under way at once: while one is written (by the PostgreSQL server, or
+        # by SQLite in its own thread, both without holding the GIL) the next ones are
+        # encoded. PostgreSQL writes two on two connections; SQLite has one writer, so
+        # its batches queue for its thread, one being written and two being prepared.
         self.concurrent_writes = 2 if name == "postgresql" else 1
+        self._sqlite = _sqlite_writer(engine.url) if name == "sqlite" else None
         statements = statements_for(name)
-        self._event_columns = [column.name for column in chronicle_events.columns]
         self._insert_events = _compile(statements.insert_events, engine)
+        assert self._insert_events.columns == EVENT_COLUMNS
         self._workflow = {
             cls: _compile(statement, engine) for cls, statement in statements.workflow.items()
         }
@@ -188,15 +201,14 @@ class Database:
         if not events and not workflow:
             return
         try:
-            async with self.engine.connect() as conn:
-                driver = (await conn.get_raw_connection()).driver_connection
-                assert driver is not None
-                if self.dialect == "postgresql":
+            if self._sqlite is not None:
+                await self._sqlite.write_batch(events, self._insert_events.sql, workflow)
+            else:
+                async with self.engine.connect() as conn:
+                    driver = (await conn.get_raw_connection()).driver_connection
                     await postgres.write_batch(
-                        driver, events, self._event_columns, self._insert_events.sql, workflow
+                        driver, events, EVENT_COLUMNS, self._insert_events.sql, workflow
                     )
-                else:
-                    await sqlite.write_batch(driver, events, self._insert_events.sql, workflow)
         except Exception as err:  # the driver's and SQLAlchemy's errors, in one place
             raise DatabaseError(
                 f"writing a batch of {len(entries)} entries to {self.dialect} failed: "
@@ -205,23 +217,24 @@ class Database:
 
     async def _encode(
         self, entries: Sequence[ProxyLogEntry]
-    ) -> tuple[list[tuple[Any, ...]], dict[str, list[tuple[Any, ...]]]]:
+    ) -> tuple[list[list[Any]], dict[str, list[list[Any]]]]:
         """Driver-ready rows; yields to the loop now and then, so a large batch does not
         hold the application's event loop for its whole serialisation."""
         encode_event = self._insert_events.encode
-        events: list[tuple[Any, ...]] = []
-        workflow: dict[str, list[tuple[Any, ...]]] = {}
+        events: list[list[Any]] = []
+        workflow: dict[str, list[list[Any]]] = {}
         for i, entry in enumerate(entries):
             if i % _ENCODE_SLICE == _ENCODE_SLICE - 1:
                 await asyncio.sleep(0)
             if isinstance(entry, ProxyLogEvent):
-                events.append(encode_event(event_row(entry)))
+                events.append(encode_event(event_values(entry)))
             elif isinstance(entry, EventPayload):
-                events.append(encode_event(payload_row(entry)))
+                events.append(encode_event(payload_values(entry)))
             else:
                 compiled = self._workflow[_workflow_class(entry)]
+                params = workflow_params(entry)
                 workflow.setdefault(compiled.sql, []).append(
-                    compiled.encode(workflow_params(entry))
+                    compiled.encode([params.get(name) for name in compiled.columns])
                 )
         return events, workflow
 
@@ -229,6 +242,8 @@ class Database:
         """Close every connection; closing twice is harmless."""
         if not self._closed:
             self._closed = True
+            if self._sqlite is not None:
+                await self._sqlite.close()
             await self.engine.dispose()
 
     async def __aenter__(self) -> Database:
@@ -250,6 +265,7 @@ class _Compiled:
     """A statement as driver SQL, and how to turn a row dict into its parameters."""
 
     sql: str
+    columns: tuple[str, ...]
     encode: RowEncoder
 
 
@@ -258,9 +274,8 @@ def _compile(statement: Insert, engine: AsyncEngine) -> _Compiled:
     table = statement.table
     assert isinstance(table, Table)
     assert compiled.positiontup is not None
-    return _Compiled(
-        compiled.string, row_encoder(table, engine.dialect.name, list(compiled.positiontup))
-    )
+    columns = tuple(compiled.positiontup)
+    return _Compiled(compiled.string, columns, row_encoder(table, engine.dialect.name, columns))
 
 
 def _workflow_class(entry: object) -> type:

@@ -19,10 +19,10 @@ __all__ = ["write_batch"]
 
 async def write_batch(
     conn: asyncpg.Connection,
-    events: list[tuple[Any, ...]],
+    events: list[list[Any]],
     columns: Sequence[str],
     insert_events: str,
-    workflow: dict[str, list[tuple[Any, ...]]],
+    workflow: dict[str, list[list[Any]]],
 ) -> None:
     """Write encoded event rows and run/step statements in one transaction."""
     if events:
@@ -41,6 +41,6 @@ async def write_batch(
         await _apply(conn, workflow)
 
 
-async def _apply(conn: asyncpg.Connection, workflow: dict[str, list[tuple[Any, ...]]]) -> None:
+async def _apply(conn: asyncpg.Connection, workflow: dict[str, list[list[Any]]]) -> None:
     for sql, params in workflow.items():
         await conn.executemany(sql, params)
