@@ -23,9 +23,6 @@ __all__ = ["LogSender"]
 
 _NEVER: Final = float("inf")
 
-# One queued message: a single entry, or a tuple of entries sent together.
-Message = ProxyLogEntry | tuple[ProxyLogEntry, ...]
-
 
 class LogSender:
     """The application's handle on a logger: ``send()`` entries, ``close()`` when done.
@@ -60,7 +57,7 @@ class LogSender:
         self._loop_thread = threading.get_ident()
         self._clock = clock
         self._lock = threading.Lock()
-        self._queue: deque[Message] = deque()
+        self._queue: deque[ProxyLogEntry] = deque()
         self._first_time = 0.0  # clock() when the queue last went from empty to not empty
         self._queued_since_drain = 0
         self._wake_at = _NEVER  # the writer sleeps until this many entries are queued
@@ -83,7 +80,7 @@ class LogSender:
         After :meth:`close` the entries are counted as dropped and one warning is logged.
         """
         if type(entry) in ENTRY_TYPES:
-            message: Message = entry  # type: ignore[assignment]
+            message: tuple[ProxyLogEntry, ...] | None = None
             count = 1
         else:
             message = _as_message(entry)
@@ -99,7 +96,12 @@ class LogSender:
                 warn = False
                 if not self._queue:
                     self._first_time = self._clock()
-                self._queue.append(message)
+                # A sequence goes in whole under the lock: atomic, in order, and the
+                # writer takes the queue as it is, with no message to unpack.
+                if message is None:
+                    self._queue.append(entry)  # type: ignore[arg-type]
+                else:
+                    self._queue.extend(message)
                 self._sent += count
                 self._queued_since_drain += count
                 wake = self._queued_since_drain >= self._wake_at
@@ -150,8 +152,8 @@ class LogSender:
 
     # -- the writer's side -----------------------------------------------------------
 
-    def _drain(self) -> tuple[deque[Message], float, bool]:
-        """Take every queued message: (messages, clock() of the oldest, closed)."""
+    def _drain(self) -> tuple[deque[ProxyLogEntry], float, bool]:
+        """Take every queued entry: (entries, clock() of the oldest, closed)."""
         with self._lock:
             messages = self._queue
             if messages:
