@@ -22,6 +22,11 @@ __all__ = ["RowEncoder", "row_encoder"]
 RowEncoder = Callable[[Sequence[Any]], list[Any]]
 
 
+def _postgres_time(value: datetime) -> datetime:
+    # asyncpg would take a naive datetime as the machine's local time; eventlog says UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def _sqlite_time(value: datetime) -> str:
     if value.tzinfo is not UTC:  # events hold UTC already, unless changed after creation
         value = value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -37,7 +42,7 @@ def _encoder(column_type: Any, dialect: str) -> Callable[[Any], Any] | None:
     if isinstance(column_type, UUIDType):
         return None if dialect == "postgresql" else str
     if isinstance(column_type, UTCDateTime):
-        return None if dialect == "postgresql" else _sqlite_time
+        return _postgres_time if dialect == "postgresql" else _sqlite_time
     return None
 
 

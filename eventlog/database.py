@@ -70,12 +70,13 @@ def normalize_url(url: str | URL | os.PathLike[str]) -> URL:
         return _asyncpg_query(parsed.set(drivername="postgresql+asyncpg"))
     if driver in ("sqlite", "sqlite+aiosqlite"):
         if parsed.database in (None, "", ":memory:"):
-            # A private in-memory database would differ per connection; a named one in
-            # shared cache is the same for the engine and the writer's own connection.
+            # A private in-memory database would differ per connection. A named one in
+            # the memdb VFS is the same for the engine and the writer's own connection,
+            # and (unlike shared cache) locks as a file does, so busy_timeout applies.
             return URL.create(
                 "sqlite+aiosqlite",
-                database=f"file:eventlog-{uuid.uuid4().hex}",
-                query={"mode": "memory", "cache": "shared", "uri": "true"},
+                database=f"file:/eventlog-{uuid.uuid4().hex}",
+                query={"vfs": "memdb", "uri": "true"},
             )
         return parsed.set(drivername="sqlite+aiosqlite")
     raise ValueError(
@@ -119,7 +120,7 @@ def _asyncpg_connect_args(url: URL) -> dict[str, Any]:
 
 
 def _is_memory(url: URL) -> bool:
-    return url.get_backend_name() == "sqlite" and url.query.get("mode") == "memory"
+    return url.get_backend_name() == "sqlite" and url.query.get("vfs") == "memdb"
 
 
 def _sqlite_writer(url: URL) -> sqlite.SQLiteWriter:
@@ -197,10 +198,12 @@ class Database:
         rows that applying them one by one would: see :mod:`eventlog.statements`).
         Raises :class:`~eventlog.DatabaseError` if the batch was not written.
         """
-        events, workflow = await self._encode(entries)
-        if not events and not workflow:
-            return
+        if self._closed:
+            raise DatabaseError(f"write_log_batch() after close() of {self!r}")
         try:
+            events, workflow = await self._encode(entries)
+            if not events and not workflow:
+                return
             if self._sqlite is not None:
                 await self._sqlite.write_batch(events, self._insert_events.sql, workflow)
             else:

@@ -25,8 +25,13 @@ async def write_batch(
     insert_events: str,
     workflow: dict[str, list[list[Any]]],
 ) -> None:
-    """Write encoded event rows and run/step statements in one transaction."""
+    """Write encoded event rows and run/step statements in one transaction.
+
+    Rows go in id order: two batches written at once that share ids (a re-sent event)
+    then take their row locks in the same order and wait rather than deadlock.
+    """
     if events:
+        events.sort(key=_first)
         try:
             async with conn.transaction():
                 await conn.copy_records_to_table(
@@ -52,6 +57,10 @@ async def _paced(rows: list[list[Any]]) -> AsyncIterator[list[Any]]:
         if i % _COPY_SLICE == _COPY_SLICE - 1:
             await asyncio.sleep(0)
         yield row
+
+
+def _first(row: list[Any]) -> Any:
+    return row[0]
 
 
 async def _apply(conn: asyncpg.Connection, workflow: dict[str, list[list[Any]]]) -> None:

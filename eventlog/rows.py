@@ -212,7 +212,7 @@ def _info(value: Any) -> Any:
 
 def workflow_params(event: Any) -> Row:
     """The bound values of the statement that applies a run or step event."""
-    if type(event) is RunStartEvent:
+    if isinstance(event, RunStartEvent):
         return {
             "id": event.id,
             "name": event.name,
@@ -228,7 +228,7 @@ def workflow_params(event: Any) -> Row:
             "created_at": event.time,
             "updated_at": event.time,
         }
-    if type(event) is RunUpdateEvent:
+    if isinstance(event, RunUpdateEvent):
         return {
             "id": event.id,
             "status": event.status or "finished",
@@ -237,7 +237,7 @@ def workflow_params(event: Any) -> Row:
             "created_at": event.time,
             "updated_at": event.time,
         }
-    if type(event) is StepStartEvent:
+    if isinstance(event, StepStartEvent):
         return {
             "id": event.step_id,
             "run_id": event.run_id,
@@ -251,7 +251,7 @@ def workflow_params(event: Any) -> Row:
             "span_id": event.span_id,
             "start_time": event.time,
         }
-    if type(event) is StepEndEvent:
+    if isinstance(event, StepEndEvent):
         return {
             "id": event.step_id,
             "run_id": event.run_id,
@@ -260,7 +260,7 @@ def workflow_params(event: Any) -> Row:
             "info": _info(event.info),
             "end_time": event.time,
         }
-    if type(event) is StepErrorEvent:
+    if isinstance(event, StepErrorEvent):
         # As chronicle: the error is the step's output, and the status says it failed.
         return {
             "id": event.step_id,
@@ -270,6 +270,6 @@ def workflow_params(event: Any) -> Row:
             "info": None,
             "end_time": event.time,
         }
-    if type(event) is StepStateEvent:
+    if isinstance(event, StepStateEvent):
         return {"id": event.step_id, "run_id": event.run_id, "status": event.state}
     raise TypeError(f"not a run or step event: {type(event).__name__}")

@@ -91,8 +91,9 @@ async def _write_loop(
         lost = sender.stats().queued
         if lost:
             logger.warning(
-                "eventlog: the writer task was cancelled with %d entries not written; "
-                "call sender.close() and await the task to write them",
+                "eventlog: the writer task was cancelled with %d entries not confirmed "
+                "written (a batch already handed to the database may still commit); "
+                "call sender.close() and await the task to write them all",
                 lost,
             )
         raise

@@ -631,3 +631,61 @@ async def test_logger_starts_and_stops_while_the_database_is_unreachable(
     assert (stats.sent, stats.written, stats.failed, stats.queued) == (3, 0, 3, 0)
     assert any("failed to write a batch of 3 entries" in r.getMessage() for r in caplog.records)
     await db.close()
+
+
+async def test_naive_time_set_after_creation_is_stored_as_utc(db: Database) -> None:
+    event = EventPayload(type="t")
+    event.time = datetime(2026, 1, 2, 3, 4, 5, 678)  # naive: eventlog reads it as UTC
+    await db.write_log_batch([event])
+    (row,) = await rows(db, chronicle_events)
+    assert row["created_at"] == datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC)
+
+
+async def test_subclasses_of_the_event_classes_are_written(db: Database) -> None:
+    class MyStart(RunStartEvent):
+        pass
+
+    class MyEvent(EventPayload):
+        pass
+
+    run_id = uuid7()
+    await log(db, [MyStart(id=run_id, name="r"), MyEvent(type="x", run_id=run_id)])
+    (run,) = await rows(db, chronicle_runs)
+    assert run["name"] == "r"
+    assert await count(db, chronicle_events) == 1
+
+
+async def test_unencodable_value_fails_the_batch_as_a_database_error(db: Database) -> None:
+    from eventlog import DatabaseError
+
+    with pytest.raises(DatabaseError, match="64-bit"):
+        await db.write_log_batch([EventPayload(type="x", data={"big": 2**70})])
+
+
+async def test_write_after_close_is_a_clear_error(db: Database) -> None:
+    from eventlog import DatabaseError
+
+    await db.close()
+    with pytest.raises(DatabaseError, match=r"after close\(\)"):
+        await db.write_log_batch([EventPayload(type="x")])
+
+
+@pytest.mark.parametrize("url", ["sqlite://", ":memory:", "sqlite:///:memory:"])
+async def test_in_memory_sqlite_is_shared_and_waits_for_a_user_transaction(url: str) -> None:
+    import eventlog
+
+    db = await eventlog.open_database(url, migrate=True)
+    try:
+        async with db.engine.connect() as conn:
+            # The application holds the write lock for a moment; the writer waits for it
+            # (busy_timeout) instead of failing, and sees the same database.
+            await conn.execute(text("BEGIN IMMEDIATE"))
+            await conn.execute(text("DELETE FROM chronicle_events"))
+            write = asyncio.create_task(db.write_log_batch([EventPayload(type="x")]))
+            await asyncio.sleep(0.2)
+            assert not write.done()
+            await conn.execute(text("COMMIT"))
+        await asyncio.wait_for(write, 30)
+        assert await count(db, chronicle_events) == 1
+    finally:
+        await db.close()

@@ -321,7 +321,9 @@ async def test_cancelling_the_writer_warns_about_unwritten_entries(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert any("cancelled with 4 entries not written" in r.getMessage() for r in caplog.records)
+    assert any(
+        "cancelled with 4 entries not confirmed written" in r.getMessage() for r in caplog.records
+    )
 
 
 class Gated(MemoryDatabase):
