@@ -36,6 +36,8 @@ class LogSender:
         "_batches",
         "_clock",
         "_closed",
+        "_closed_at",
+        "_closed_event",
         "_dropped",
         "_failed",
         "_failed_writes",
@@ -45,7 +47,9 @@ class LogSender:
         "_loop_thread",
         "_queue",
         "_queued_since_drain",
+        "_retries",
         "_sent",
+        "_transient_failures",
         "_waiter",
         "_wake_at",
         "_warned_closed",
@@ -70,6 +74,10 @@ class LogSender:
         self._batches = 0
         self._failed = 0
         self._failed_writes = 0
+        self._retries = 0
+        self._transient_failures = 0
+        self._closed_at: float | None = None  # clock() at close()
+        self._closed_event = asyncio.Event()  # set on the loop's thread after close()
 
     # -- the application's side ------------------------------------------------------
 
@@ -125,6 +133,7 @@ class LogSender:
             if self._closed:
                 return
             self._closed = True
+            self._closed_at = self._clock()
             self._wake_at = _NEVER
         self._wake_writer()
 
@@ -143,6 +152,8 @@ class LogSender:
                 failed_writes=self._failed_writes,
                 failed=self._failed,
                 dropped=self._dropped,
+                retries=self._retries,
+                transient_failures=self._transient_failures,
                 queued=self._sent - self._written - self._failed,
             )
 
@@ -188,8 +199,24 @@ class LogSender:
                 self._failed += count
                 self._failed_writes += 1
 
+    def _record_transient_failure(self, *, retrying: bool) -> None:
+        with self._lock:
+            self._transient_failures += 1
+            if retrying:
+                self._retries += 1
+
+    async def _wait_closed_or(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if close() is called meanwhile."""
+        if self._closed:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed_event.wait(), delay)
+
     def _wake(self) -> None:
         """Wake the writer if it sleeps; runs on the loop's thread."""
+        if self._closed:
+            self._closed_event.set()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -26,6 +26,7 @@ from eventlog.events import EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
 from eventlog.rows import EVENT_COLUMNS, event_values, payload_values, workflow_params
 from eventlog.statements import statements_for
+from eventlog.transient import is_transient
 from eventlog.types import json_dumps, json_loads
 
 __all__ = ["Database", "ProxyDatabase", "normalize_url", "open_database"]
@@ -215,7 +216,8 @@ class Database:
         except Exception as err:  # the driver's and SQLAlchemy's errors, in one place
             raise DatabaseError(
                 f"writing a batch of {len(entries)} entries to {self.dialect} failed: "
-                f"{type(err).__name__}: {err}"
+                f"{type(err).__name__}: {err}",
+                transient=is_transient(err),
             ) from err
 
     async def _encode(

@@ -39,7 +39,15 @@ class InvalidEventError(EventLogError, ValueError):
 
 
 class DatabaseError(EventLogError):
-    """The database failed or refused a batch; the driver's error is the ``__cause__``."""
+    """The database failed or refused a batch; the driver's error is the ``__cause__``.
+
+    ``transient`` says whether the failure is worth retrying (the database was away or
+    busy, rather than the batch bad): see :func:`eventlog.transient.is_transient`.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class MigrationError(DatabaseError):

@@ -16,6 +16,8 @@ class LoggerStats:
     refused and ``failed`` the entries in them; ``dropped`` entries refused because the
     logger was closed (not counted in ``sent``); ``queued`` entries accepted and neither
     written nor failed yet, so ``sent == written + failed + queued``.
+    ``transient_failures`` counts write attempts that failed because the database was
+    away or busy, and ``retries`` the attempts made again after one.
     """
 
     sent: int = 0
@@ -25,3 +27,5 @@ class LoggerStats:
     failed: int = 0
     dropped: int = 0
     queued: int = 0
+    retries: int = 0
+    transient_failures: int = 0

@@ -9,16 +9,20 @@ steady trickle can wait for a full batch; here no entry waits longer than
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from eventlog._log import logger
 from eventlog.channel import LogSender
 from eventlog.database import ProxyDatabase
 from eventlog.events import EventPayload, ProxyLogEntry, ProxyLogEvent
+from eventlog.transient import is_transient
 
 __all__ = ["Clock", "start_database_logger"]
 
@@ -34,11 +38,21 @@ def start_database_logger(
     debounce_time: float | timedelta = 1.0,
     *,
     clock: Clock | None = None,
+    retry_base_delay: float = 0.1,
+    retry_max_delay: float = 5.0,
+    close_timeout: float = 30.0,
 ) -> tuple[LogSender, asyncio.Task[None]]:
     """Start the writer task on the running loop; return ``(sender, task)``.
 
     ``db`` is a :class:`~eventlog.Database` (or anything with ``write_log_batch``).
     ``sender.close()`` makes the task write everything sent before, then end.
+
+    A batch that fails for a transient reason (the database is down, restarting, busy:
+    see :mod:`eventlog.transient`) is kept and written again, the delay doubling from
+    ``retry_base_delay`` up to ``retry_max_delay`` seconds with jitter, while ``send()``
+    goes on accepting entries. After ``close()``, retrying stops ``close_timeout``
+    seconds later: what is not written by then is counted as ``failed``, so closing
+    never hangs on a database that stays away.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -53,6 +67,23 @@ def start_database_logger(
         )
     if not math.isfinite(debounce) or debounce < 0:
         raise ValueError(f"debounce_time must be finite and >= 0 seconds, got {debounce_time!r}")
+    for name, value in (
+        ("retry_base_delay", retry_base_delay),
+        ("retry_max_delay", retry_max_delay),
+        ("close_timeout", close_timeout),
+    ):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    if retry_max_delay < retry_base_delay:
+        raise ValueError(
+            f"retry_max_delay must be >= retry_base_delay, got {retry_max_delay!r} "
+            f"< {retry_base_delay!r}"
+        )
     if not callable(getattr(db, "write_log_batch", None)):
         raise TypeError(f"db must have an async write_log_batch(entries), got {type(db).__name__}")
     if clock is not None and not callable(clock):
@@ -69,8 +100,9 @@ def start_database_logger(
     subscribe = getattr(clock, "subscribe", None)
     if callable(subscribe):
         subscribe(sender._wake_writer)
+    retry = _Retry(float(retry_base_delay), float(retry_max_delay), float(close_timeout))
     task = loop.create_task(
-        _write_loop(db, sender, batch_size, debounce, clock), name="eventlog-writer"
+        _write_loop(db, sender, batch_size, debounce, clock, retry), name="eventlog-writer"
     )
     return sender, task
 
@@ -81,9 +113,10 @@ async def _write_loop(
     batch_size: int,
     debounce: float,
     clock: Clock,
+    retry: _Retry,
 ) -> None:
     failures = _FailureLog(clock)
-    writes = _Writes(db, sender, failures)
+    writes = _Writes(db, sender, failures, retry, clock)
     try:
         await _loop(sender, batch_size, debounce, clock, writes)
     except asyncio.CancelledError:
@@ -166,10 +199,22 @@ class _Writes:
     order sent: a batch that holds any waits for the previous such batch to finish.
     """
 
-    def __init__(self, db: ProxyDatabase, sender: LogSender, failures: _FailureLog) -> None:
+    def __init__(
+        self,
+        db: ProxyDatabase,
+        sender: LogSender,
+        failures: _FailureLog,
+        retry: _Retry,
+        clock: Clock,
+    ) -> None:
         self._db = db
         self._sender = sender
         self._failures = failures
+        self._retry = retry
+        self._clock = clock
+        self._unavailable = _FailureLog(
+            clock, "the database is unavailable; will retry", level=logging.WARNING
+        )
         limit = getattr(db, "concurrent_writes", 1)
         self._limit = limit if isinstance(limit, int) and limit > 1 else 1
         self._tasks: set[asyncio.Task[None]] = set()
@@ -200,16 +245,44 @@ class _Writes:
         for task in self._tasks:
             task.cancel()
 
+    def _time_left(self) -> float:
+        """Seconds until retrying must stop: infinite until close(), then the deadline."""
+        closed_at = self._sender._closed_at
+        if closed_at is None:
+            return math.inf
+        return closed_at + self._retry.close_timeout - self._clock()
+
     async def _write(self, batch: list[ProxyLogEntry], after: asyncio.Task[None] | None) -> None:
         if after is not None:
             await asyncio.wait([after])
-        try:
-            await self._db.write_log_batch(batch)
-        except Exception as err:
-            self._sender._record_write(len(batch), ok=False)
-            self._failures.add(len(batch), err)
-        else:
-            self._sender._record_write(len(batch), ok=True)
+        delay = self._retry.base_delay
+        while True:
+            try:
+                await self._db.write_log_batch(batch)
+            except Exception as err:
+                transient = is_transient(err)
+                left = self._time_left()
+                if transient:
+                    self._sender._record_transient_failure(retrying=left > 0)
+                if not transient or left <= 0:
+                    self._sender._record_write(len(batch), ok=False)
+                    self._failures.add(len(batch), err)
+                    return
+                self._unavailable.add(len(batch), err)
+                # Full jitter keeps several writers (or processes) from retrying in step.
+                pause = min(delay * (0.5 + random.random() / 2), left)
+                await self._sender._wait_closed_or(pause)
+                delay = min(delay * 2, self._retry.max_delay)
+            else:
+                self._sender._record_write(len(batch), ok=True)
+                return
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    base_delay: float
+    max_delay: float
+    close_timeout: float
 
 
 # Entries that become chronicle_events rows: their order between batches does not matter.
@@ -224,8 +297,17 @@ class _FailureLog:
     and entries since the last line, and what is pending is logged when the writer ends.
     """
 
-    def __init__(self, clock: Clock, interval: float = 10.0) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        what: str = "failed to write",
+        *,
+        level: int = logging.ERROR,
+        interval: float = 10.0,
+    ) -> None:
         self._clock = clock
+        self._what = what
+        self._level = level
         self._interval = interval
         self._last = -math.inf
         self._batches = 0
@@ -236,8 +318,10 @@ class _FailureLog:
         now = self._clock()
         if now - self._last >= self._interval and not self._batches:
             self._last = now
-            logger.error(
-                "eventlog: failed to write a batch of %d entries: %s: %s",
+            logger.log(
+                self._level,
+                "eventlog: %s a batch of %d entries: %s: %s",
+                self._what,
                 entries,
                 type(err).__name__,
                 err,
@@ -254,8 +338,10 @@ class _FailureLog:
     def flush(self) -> None:
         """Log the failures not reported yet, if any."""
         if self._batches:
-            logger.error(
-                "eventlog: failed to write %d more batches (%d entries); last error: %s: %s",
+            logger.log(
+                self._level,
+                "eventlog: %s %d more batches (%d entries); last error: %s: %s",
+                self._what,
                 self._batches,
                 self._entries,
                 type(self._error).__name__,

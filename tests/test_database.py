@@ -622,7 +622,7 @@ async def test_logger_starts_and_stops_while_the_database_is_unreachable(
 
     url = f"postgresql://postgres@127.0.0.1:{_closed_port()}/nowhere"
     db = await eventlog.open_database(url)  # does not connect: the app can start
-    sender, task = start_database_logger(db, batch_size=10, debounce_time=0)
+    sender, task = start_database_logger(db, batch_size=10, debounce_time=0, close_timeout=0)
     with caplog.at_level(logging.ERROR, logger="eventlog"):
         sender.send([EventPayload(type="x") for _ in range(3)])
         sender.close()

@@ -298,7 +298,7 @@ async def test_repeated_write_failures_are_summarised_not_hidden(
         async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
             raise ConnectionRefusedError("database is down")
 
-    sender, task = start_database_logger(Down(), batch_size=2, debounce_time=60)
+    sender, task = start_database_logger(Down(), batch_size=2, debounce_time=60, close_timeout=0)
     with caplog.at_level(logging.ERROR, logger="eventlog"):
         sender.send(events(7))
         sender.close()
@@ -380,3 +380,111 @@ async def test_two_batches_are_written_at_once_but_run_events_keep_their_order()
     assert db.started == [first, rows_only, second]
     assert db.written_when_started == [0, 0, 2]
     assert db.batches == [rows_only, first, second]
+
+
+class Flaky(MemoryDatabase):
+    """Refuses the connection ``outage`` times, then works."""
+
+    def __init__(self, outage: int) -> None:
+        super().__init__()
+        self.outage = outage
+        self.attempts = 0
+
+    async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
+        self.attempts += 1
+        if self.outage > 0:
+            self.outage -= 1
+            raise ConnectionRefusedError("connection refused")
+        await super().write_log_batch(entries)
+
+
+async def test_batch_that_fails_for_a_transient_reason_is_retried_until_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db = Flaky(outage=3)
+    sender, task = start_database_logger(
+        db, batch_size=3, debounce_time=60, retry_base_delay=0.001, retry_max_delay=0.004
+    )
+    first = events(3)
+    with caplog.at_level(logging.WARNING, logger="eventlog"):
+        sender.send(first)
+        await db.wait_for_batches(1)
+    assert db.batches == [first]
+    assert db.attempts == 4
+    stats = sender.stats()
+    assert (stats.written, stats.failed, stats.retries, stats.transient_failures) == (3, 0, 3, 3)
+    (warning,) = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "ConnectionRefusedError" in warning.getMessage()
+    sender.close()
+    await task
+
+
+async def test_entries_sent_during_an_outage_are_written_after_it_in_order() -> None:
+    db = Flaky(outage=5)
+    sender, task = start_database_logger(
+        db, batch_size=2, debounce_time=60, retry_base_delay=0.001, retry_max_delay=0.002
+    )
+    sent = events(6)
+    for entry in sent:
+        sender.send(entry)  # accepted at once while the first batch is being retried
+        assert sender.stats().dropped == 0
+    sender.close()
+    await task
+    assert db.entries == sent
+    assert sender.stats().failed == 0
+    assert sender.stats().retries == 5
+
+
+async def test_a_failure_that_is_not_transient_is_not_retried() -> None:
+    db = MemoryDatabase()
+    db.fail_next = ValueError("value too long for type character varying(3)")
+    sender, task = start_database_logger(db, batch_size=2, debounce_time=60)
+    sender.send(events(2))
+    sender.close()
+    await task
+    stats = sender.stats()
+    assert (stats.failed, stats.retries, stats.transient_failures) == (2, 0, 0)
+
+
+async def test_retrying_stops_close_timeout_after_close() -> None:
+    class Down(MemoryDatabase):
+        async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
+            raise ConnectionRefusedError("database is down")
+
+    clock = ManualClock()
+    sender, task = start_database_logger(
+        Down(),
+        batch_size=10,
+        debounce_time=0,
+        clock=clock,
+        retry_base_delay=0.001,
+        retry_max_delay=0.001,
+        close_timeout=5,
+    )
+    sender.send(events(4))
+    sender.close()
+    # Still retrying: the deadline is 5 s of the logger's clock after close().
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    assert sender.stats().retries > 0
+    clock.advance(5)
+    await asyncio.wait_for(task, 10)
+    stats = sender.stats()
+    assert (stats.sent, stats.written, stats.failed, stats.queued) == (4, 0, 4, 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"retry_base_delay": -1}, "retry_base_delay must be a finite number"),
+        ({"retry_max_delay": float("inf")}, "retry_max_delay must be a finite number"),
+        ({"close_timeout": "10"}, "close_timeout must be a finite number"),
+        ({"retry_base_delay": 2, "retry_max_delay": 1}, "retry_max_delay must be >= "),
+    ],
+)
+async def test_invalid_retry_arguments_name_the_parameter(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        start_database_logger(MemoryDatabase(), **kwargs)  # type: ignore[arg-type]
