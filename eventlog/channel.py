@@ -35,6 +35,7 @@ class LogSender:
         "__weakref__",
         "_batches",
         "_clock",
+        "_close_timeout",
         "_closed",
         "_closed_at",
         "_closed_event",
@@ -49,6 +50,7 @@ class LogSender:
         "_queued_since_drain",
         "_retries",
         "_sent",
+        "_task",
         "_transient_failures",
         "_waiter",
         "_wake_at",
@@ -56,8 +58,15 @@ class LogSender:
         "_written",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], float],
+        close_timeout: float = 30.0,
+    ) -> None:
         self._loop = loop
+        self._task: asyncio.Task[None] | None = None  # the writer, once started
+        self._close_timeout = close_timeout
         self._loop_thread = threading.get_ident()
         self._clock = clock
         self._lock = threading.Lock()
@@ -137,6 +146,35 @@ class LogSender:
             self._wake_at = _NEVER
         self._wake_writer()
 
+    async def aclose(self, timeout: float | None = None) -> LoggerStats:  # noqa: ASYNC109
+        """Close, then wait for the writer: everything sent before is written or counted.
+
+        ``timeout`` (seconds) bounds the whole of it, retries of an unavailable database
+        included (default: the logger's ``close_timeout`` for retries, and no bound on a
+        write under way). What is not written by then is counted in ``failed``. Returns
+        the final stats. Closing twice is harmless.
+        """
+        if timeout is not None:
+            if (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, (int, float))
+                or not (timeout >= 0)
+            ):
+                raise ValueError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+            if not self._closed:
+                self._close_timeout = min(self._close_timeout, float(timeout))
+        self.close()
+        task = self._task
+        if task is not None and not task.done():
+            try:
+                # shield: a timeout here must not cancel the writer before we decide to.
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return self.stats()
+
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
@@ -198,6 +236,13 @@ class LogSender:
             else:
                 self._failed += count
                 self._failed_writes += 1
+
+    def _record_lost(self) -> int:
+        """Count every entry not yet written or failed as failed; return how many."""
+        with self._lock:
+            lost = self._sent - self._written - self._failed
+            self._failed += lost
+            return lost
 
     def _record_transient_failure(self, *, retrying: bool) -> None:
         with self._lock:

@@ -96,14 +96,15 @@ def start_database_logger(
             "(for example in an async function or an ASGI lifespan)"
         ) from None
     clock = clock or time.monotonic
-    sender = LogSender(loop, clock)
+    sender = LogSender(loop, clock, float(close_timeout))
     subscribe = getattr(clock, "subscribe", None)
     if callable(subscribe):
         subscribe(sender._wake_writer)
-    retry = _Retry(float(retry_base_delay), float(retry_max_delay), float(close_timeout))
+    retry = _Retry(float(retry_base_delay), float(retry_max_delay))
     task = loop.create_task(
         _write_loop(db, sender, batch_size, debounce, clock, retry), name="eventlog-writer"
     )
+    sender._task = task
     return sender, task
 
 
@@ -121,12 +122,12 @@ async def _write_loop(
         await _loop(sender, batch_size, debounce, clock, writes)
     except asyncio.CancelledError:
         writes.cancel()
-        lost = sender.stats().queued
+        lost = sender._record_lost()
         if lost:
             logger.warning(
                 "eventlog: the writer task was cancelled with %d entries not confirmed "
-                "written (a batch already handed to the database may still commit); "
-                "call sender.close() and await the task to write them all",
+                "written, counted as failed (a batch already handed to the database may "
+                "still commit); close the sender and await the task to write them all",
                 lost,
             )
         raise
@@ -250,7 +251,7 @@ class _Writes:
         closed_at = self._sender._closed_at
         if closed_at is None:
             return math.inf
-        return closed_at + self._retry.close_timeout - self._clock()
+        return closed_at + self._sender._close_timeout - self._clock()
 
     async def _write(self, batch: list[ProxyLogEntry], after: asyncio.Task[None] | None) -> None:
         if after is not None:
@@ -282,7 +283,6 @@ class _Writes:
 class _Retry:
     base_delay: float
     max_delay: float
-    close_timeout: float
 
 
 # Entries that become chronicle_events rows: their order between batches does not matter.

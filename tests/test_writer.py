@@ -488,3 +488,52 @@ async def test_invalid_retry_arguments_name_the_parameter(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         start_database_logger(MemoryDatabase(), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_aclose_writes_everything_and_returns_the_final_stats() -> None:
+    db = MemoryDatabase()
+    sender, task = start_database_logger(db, batch_size=100, debounce_time=3600)
+    sender.send(events(5))
+    stats = await sender.aclose()
+    assert task.done()
+    assert (stats.sent, stats.written, stats.queued) == (5, 5, 0)
+    assert await sender.aclose() == stats  # closing twice is harmless
+
+
+async def test_aclose_timeout_bounds_retrying_an_unavailable_database() -> None:
+    class Down(MemoryDatabase):
+        async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
+            raise ConnectionRefusedError("database is down")
+
+    sender, task = start_database_logger(
+        Down(), batch_size=10, debounce_time=0, retry_base_delay=0.01, retry_max_delay=0.02
+    )
+    sender.send(events(3))
+    stats = await sender.aclose(timeout=0.2)
+    assert task.done()
+    assert (stats.sent, stats.written, stats.failed, stats.queued) == (3, 0, 3, 0)
+    assert stats.retries > 0
+
+
+async def test_aclose_timeout_ends_a_write_that_never_returns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Hanging(MemoryDatabase):
+        async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
+            await asyncio.Event().wait()
+
+    sender, task = start_database_logger(Hanging(), batch_size=10, debounce_time=0)
+    sender.send(events(2))
+    with caplog.at_level(logging.WARNING, logger="eventlog"):
+        stats = await sender.aclose(timeout=0.1)
+    assert task.cancelled()
+    assert (stats.sent, stats.written, stats.failed, stats.queued) == (2, 0, 2, 0)
+    assert any("counted as failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_aclose_rejects_a_negative_timeout() -> None:
+    sender, task = start_database_logger(MemoryDatabase())
+    with pytest.raises(ValueError, match="timeout must be seconds >= 0"):
+        await sender.aclose(timeout=-1)
+    await sender.aclose()
+    assert task.done()
