@@ -48,6 +48,7 @@ class LogSender:
         "_loop_thread",
         "_queue",
         "_queued_since_drain",
+        "_repaired",
         "_retries",
         "_sent",
         "_task",
@@ -85,6 +86,7 @@ class LogSender:
         self._failed_writes = 0
         self._retries = 0
         self._transient_failures = 0
+        self._repaired = 0
         self._closed_at: float | None = None  # clock() at close()
         self._closed_event = asyncio.Event()  # set on the loop's thread after close()
 
@@ -191,6 +193,7 @@ class LogSender:
                 failed=self._failed,
                 dropped=self._dropped,
                 retries=self._retries,
+                repaired=self._repaired,
                 transient_failures=self._transient_failures,
                 queued=self._sent - self._written - self._failed,
             )
@@ -236,6 +239,10 @@ class LogSender:
             else:
                 self._failed += count
                 self._failed_writes += 1
+
+    def _record_repaired(self, count: int) -> None:
+        with self._lock:
+            self._repaired += count
 
     def _record_lost(self) -> int:
         """Count every entry not yet written or failed as failed; return how many."""

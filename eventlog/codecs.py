@@ -13,53 +13,110 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Boolean, Integer, Table, Text
 
-from eventlog.types import JsonType, TagsType, UTCDateTime, UUIDType, json_dumps
+from eventlog.sanitize import MAX_JSON_BYTES, clean_bool, clean_int, clean_json, clean_text
+from eventlog.types import JsonType, TagsType, UTCDateTime, UUIDType, json_dumps, json_loads
 
 __all__ = ["RowEncoder", "row_encoder"]
 
-RowEncoder = Callable[[Sequence[Any]], list[Any]]
+RowEncoder = Callable[[Sequence[Any]], tuple[list[Any], bool]]
 
 
-def _postgres_time(value: datetime) -> datetime:
+def _postgres_time(value: datetime, column: str, repairs: list[str]) -> datetime:
     # asyncpg would take a naive datetime as the machine's local time; eventlog says UTC.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def _sqlite_time(value: datetime) -> str:
+def _sqlite_time(value: datetime, column: str, repairs: list[str]) -> str:
     if value.tzinfo is not UTC:  # events hold UTC already, unless changed after creation
         value = value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
     return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
-def _encoder(column_type: Any, dialect: str) -> Callable[[Any], Any] | None:
+def _sqlite_uuid(value: Any, column: str, repairs: list[str]) -> str:
+    return str(value)
+
+
+def _pg_tags(value: Any, column: str, repairs: list[str]) -> list[str]:
+    return [clean_text(tag, column, repairs) for tag in value]
+
+
+Convert = Callable[[Any, str, list[str]], Any]
+
+
+def _encoder(column_type: Any, dialect: str, max_json_bytes: int) -> Convert | None:
     """The conversion of one column's non-null values, or None to pass them as they are."""
-    if column_type is JsonType:
-        return json_dumps  # jsonb takes JSON text; SQLite stores the text
+    if column_type is JsonType or (column_type is TagsType and dialect != "postgresql"):
+
+        def json_text(value: Any, column: str, repairs: list[str]) -> str:
+            return clean_json(value, column, repairs, max_json_bytes)
+
+        return json_text  # jsonb takes JSON text; SQLite stores the text
     if column_type is TagsType:
-        return None if dialect == "postgresql" else json_dumps  # text[] takes the list
+        return _pg_tags  # text[] takes the list
     if isinstance(column_type, UUIDType):
-        return None if dialect == "postgresql" else str
+        return None if dialect == "postgresql" else _sqlite_uuid
     if isinstance(column_type, UTCDateTime):
         return _postgres_time if dialect == "postgresql" else _sqlite_time
+    if isinstance(column_type, Boolean):
+        return clean_bool
     return None
 
 
-def row_encoder(table: Table, dialect: str, columns: Sequence[str]) -> RowEncoder:
-    """Turn a tuple of Python values (in ``columns`` order) into driver values."""
-    conversions = [
-        (i, convert)
-        for i, name in enumerate(columns)
-        if (convert := _encoder(table.c[name].type, dialect)) is not None
-    ]
+# Where a row's repairs are written down: the first of these columns the table has.
+_NOTE_COLUMNS = ("meta", "info")
 
-    def encode(values: Sequence[Any]) -> list[Any]:
+
+def row_encoder(
+    table: Table, dialect: str, columns: Sequence[str], *, max_json_bytes: int = MAX_JSON_BYTES
+) -> RowEncoder:
+    """Turn a tuple of Python values (in ``columns`` order) into driver values.
+
+    The encoder returns the values and whether any was repaired (see
+    :mod:`eventlog.sanitize`); the repairs are listed in the row's ``meta`` or ``info``.
+    Text and integer columns are checked inline, and cleaned only when the check fails:
+    this runs for every column of every row.
+    """
+    texts: list[tuple[int, str]] = []
+    ints: list[tuple[int, str]] = []
+    conversions: list[tuple[int, str, Convert]] = []
+    for i, name in enumerate(columns):
+        column_type = table.c[name].type
+        if isinstance(column_type, Text) and not isinstance(column_type, UUIDType):
+            texts.append((i, name))
+        elif isinstance(column_type, Integer) and not isinstance(column_type, Boolean):
+            ints.append((i, name))
+        elif (convert := _encoder(column_type, dialect, max_json_bytes)) is not None:
+            conversions.append((i, name, convert))
+    note = next((columns.index(c) for c in _NOTE_COLUMNS if c in columns), None)
+    low, high = -(2**31), 2**31 - 1
+
+    def encode(values: Sequence[Any]) -> tuple[list[Any], bool]:
         encoded = list(values)
-        for i, convert in conversions:
+        repairs: list[str] = []
+        for i, name in texts:
+            value = encoded[i]
+            if value is not None and (
+                type(value) is not str or "\x00" in value or not value.isascii()
+            ):
+                encoded[i] = clean_text(value, name, repairs)
+        for i, name in ints:
+            value = encoded[i]
+            if value is not None and (type(value) is not int or not low <= value <= high):
+                encoded[i] = clean_int(value, name, repairs)
+        for i, name, convert in conversions:
             value = encoded[i]
             if value is not None:
-                encoded[i] = convert(value)
-        return encoded
+                encoded[i] = convert(value, name, repairs)
+        if not repairs:
+            return encoded, False
+        if note is not None:
+            noted = json_loads(encoded[note]) if encoded[note] is not None else {}
+            if not isinstance(noted, dict):
+                noted = {"data": noted}
+            noted["eventlog_repairs"] = repairs
+            encoded[note] = json_dumps(noted)
+        return encoded, True
 
     return encode

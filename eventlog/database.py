@@ -25,6 +25,7 @@ from eventlog.codecs import RowEncoder, row_encoder
 from eventlog.events import EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
 from eventlog.rows import EVENT_COLUMNS, event_values, payload_values, workflow_params
+from eventlog.sanitize import MAX_JSON_BYTES
 from eventlog.statements import statements_for
 from eventlog.transient import is_transient
 from eventlog.types import json_dumps, json_loads
@@ -41,8 +42,11 @@ SUPPORTED_URLS = (
 class ProxyDatabase(Protocol):
     """What the writer needs of a database: write one batch (chronicle's contract)."""
 
-    async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
-        """Write ``entries`` in one transaction, in order; raise if it failed."""
+    async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> int | None:
+        """Write ``entries`` in one transaction, in order; raise if it failed.
+
+        May return how many entries had values repaired on the way (counted in the
+        logger's ``repaired``); None means none, or not known."""
         ...
 
 
@@ -165,7 +169,11 @@ class Database:
     that SQLAlchemy compiles once from :mod:`eventlog.statements`.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_json_bytes: int = MAX_JSON_BYTES) -> None:
+        if isinstance(max_json_bytes, bool) or not isinstance(max_json_bytes, int):
+            raise ValueError(f"max_json_bytes must be an int, got {max_json_bytes!r}")
+        if max_json_bytes < 1024:
+            raise ValueError(f"max_json_bytes must be at least 1024, got {max_json_bytes!r}")
         self.engine = engine
         name = engine.dialect.name
         if name not in ("postgresql", "sqlite"):
@@ -178,10 +186,11 @@ class Database:
         self.concurrent_writes = 2 if name == "postgresql" else 1
         self._sqlite = _sqlite_writer(engine.url) if name == "sqlite" else None
         statements = statements_for(name)
-        self._insert_events = _compile(statements.insert_events, engine)
+        self._insert_events = _compile(statements.insert_events, engine, max_json_bytes)
         assert self._insert_events.columns == EVENT_COLUMNS
         self._workflow = {
-            cls: _compile(statement, engine) for cls, statement in statements.workflow.items()
+            cls: _compile(statement, engine, max_json_bytes)
+            for cls, statement in statements.workflow.items()
         }
         self._closed = False
 
@@ -190,21 +199,22 @@ class Database:
         """The database URL, with any password hidden."""
         return self.engine.url.render_as_string(hide_password=True)
 
-    async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
-        """Write ``entries`` in one transaction.
+    async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> int:
+        """Write ``entries`` in one transaction; return how many had values repaired.
 
         LLM calls and generic events become ``chronicle_events`` rows (a repeated id is
         stored once); run and step events update ``chronicle_runs``/``chronicle_steps``,
         one executemany per kind of statement, in sent order within each (which gives the
         rows that applying them one by one would: see :mod:`eventlog.statements`).
+        Messy values are repaired on the way (see :mod:`eventlog.sanitize`).
         Raises :class:`~eventlog.DatabaseError` if the batch was not written.
         """
         if self._closed:
             raise DatabaseError(f"write_log_batch() after close() of {self!r}")
         try:
-            events, workflow = await self._encode(entries)
+            events, workflow, repaired = await self._encode(entries)
             if not events and not workflow:
-                return
+                return repaired
             if self._sqlite is not None:
                 await self._sqlite.write_batch(events, self._insert_events.sql, workflow)
             else:
@@ -213,6 +223,7 @@ class Database:
                     await postgres.write_batch(
                         driver, events, EVENT_COLUMNS, self._insert_events.sql, workflow
                     )
+            return repaired
         except Exception as err:  # the driver's and SQLAlchemy's errors, in one place
             raise DatabaseError(
                 f"writing a batch of {len(entries)} entries to {self.dialect} failed: "
@@ -222,26 +233,30 @@ class Database:
 
     async def _encode(
         self, entries: Sequence[ProxyLogEntry]
-    ) -> tuple[list[list[Any]], dict[str, list[list[Any]]]]:
-        """Driver-ready rows; yields to the loop now and then, so a large batch does not
-        hold the application's event loop for its whole serialisation."""
+    ) -> tuple[list[list[Any]], dict[str, list[list[Any]]], int]:
+        """Driver-ready rows, and how many entries had a value repaired; yields to the
+        loop now and then, so a large batch does not hold the application's event loop
+        for its whole serialisation."""
         encode_event = self._insert_events.encode
         events: list[list[Any]] = []
         workflow: dict[str, list[list[Any]]] = {}
+        repaired = 0
         for i, entry in enumerate(entries):
             if i % _ENCODE_SLICE == _ENCODE_SLICE - 1:
                 await asyncio.sleep(0)
             if isinstance(entry, ProxyLogEvent):
-                events.append(encode_event(event_values(entry)))
+                row, fixed = encode_event(event_values(entry))
+                events.append(row)
             elif isinstance(entry, EventPayload):
-                events.append(encode_event(payload_values(entry)))
+                row, fixed = encode_event(payload_values(entry))
+                events.append(row)
             else:
                 compiled = self._workflow[_workflow_class(entry)]
                 params = workflow_params(entry)
-                workflow.setdefault(compiled.sql, []).append(
-                    compiled.encode([params.get(name) for name in compiled.columns])
-                )
-        return events, workflow
+                row, fixed = compiled.encode([params.get(name) for name in compiled.columns])
+                workflow.setdefault(compiled.sql, []).append(row)
+            repaired += fixed
+        return events, workflow, repaired
 
     async def close(self) -> None:
         """Close every connection; closing twice is harmless."""
@@ -274,13 +289,14 @@ class _Compiled:
     encode: RowEncoder
 
 
-def _compile(statement: Insert, engine: AsyncEngine) -> _Compiled:
+def _compile(statement: Insert, engine: AsyncEngine, max_json_bytes: int) -> _Compiled:
     compiled = statement.compile(dialect=engine.dialect)
     table = statement.table
     assert isinstance(table, Table)
     assert compiled.positiontup is not None
     columns = tuple(compiled.positiontup)
-    return _Compiled(compiled.string, columns, row_encoder(table, engine.dialect.name, columns))
+    encode = row_encoder(table, engine.dialect.name, columns, max_json_bytes=max_json_bytes)
+    return _Compiled(compiled.string, columns, encode)
 
 
 def _workflow_class(entry: object) -> type:
@@ -293,8 +309,16 @@ def _workflow_class(entry: object) -> type:
 _WORKFLOW_CLASSES = frozenset(statements_for("sqlite").workflow)
 
 
-async def open_database(url: str | URL | os.PathLike[str], *, migrate: bool = False) -> Database:
+async def open_database(
+    url: str | URL | os.PathLike[str],
+    *,
+    migrate: bool = False,
+    max_json_bytes: int = MAX_JSON_BYTES,
+) -> Database:
     """Open the database at ``url``; with ``migrate=True``, bring its schema up to date.
+
+    ``max_json_bytes`` caps one JSON value (a request or response body...): a larger one
+    is truncated, with a marker that says how much was cut (see :mod:`eventlog.sanitize`).
 
     Without ``migrate`` nothing connects yet, so this succeeds while the database is
     down: the logger's writes wait for it. A SQLite file's folder is created if missing.
@@ -304,7 +328,7 @@ async def open_database(url: str | URL | os.PathLike[str], *, migrate: bool = Fa
         assert parsed.database is not None
         # One mkdir at startup: not worth a thread hop.
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
-    db = Database(create_engine(parsed))
+    db = Database(create_engine(parsed), max_json_bytes=max_json_bytes)
     if migrate:
         from eventlog.migrate import upgrade
 

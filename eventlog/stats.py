@@ -17,7 +17,8 @@ class LoggerStats:
     logger was closed (not counted in ``sent``); ``queued`` entries accepted and neither
     written nor failed yet, so ``sent == written + failed + queued``.
     ``transient_failures`` counts write attempts that failed because the database was
-    away or busy, and ``retries`` the attempts made again after one.
+    away or busy, and ``retries`` the attempts made again after one. ``repaired`` counts
+    written entries that had a value repaired (see :mod:`eventlog.sanitize`).
     """
 
     sent: int = 0
@@ -29,3 +30,4 @@ class LoggerStats:
     queued: int = 0
     retries: int = 0
     transient_failures: int = 0
+    repaired: int = 0

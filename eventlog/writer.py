@@ -259,7 +259,7 @@ class _Writes:
         delay = self._retry.base_delay
         while True:
             try:
-                await self._db.write_log_batch(batch)
+                repaired = await self._db.write_log_batch(batch)
             except Exception as err:
                 transient = is_transient(err)
                 left = self._time_left()
@@ -276,6 +276,8 @@ class _Writes:
                 delay = min(delay * 2, self._retry.max_delay)
             else:
                 self._sender._record_write(len(batch), ok=True)
+                if isinstance(repaired, int) and repaired > 0:
+                    self._sender._record_repaired(repaired)
                 return
 
 

@@ -655,11 +655,59 @@ async def test_subclasses_of_the_event_classes_are_written(db: Database) -> None
     assert await count(db, chronicle_events) == 1
 
 
-async def test_unencodable_value_fails_the_batch_as_a_database_error(db: Database) -> None:
-    from eventlog import DatabaseError
+async def test_messy_values_are_repaired_noted_and_counted_not_failed(db: Database) -> None:
+    run_id = uuid7()
+    clean = [EventPayload(type="clean", data={"i": i}) for i in range(5)]
+    messy = ProxyLogEvent(
+        provider="open\ud800ai",  # a lone surrogate
+        model="gpt\x00-4o",  # NUL: PostgreSQL refuses it in text
+        request={"messages": [{"content": "hi\x00there", "n\x00": 1}]},
+        response={"usage": {"prompt_tokens": 2**70}},  # beyond what JSON numbers hold
+        num_retries="2",  # a string of digits
+        metadata={"step_index": 2**40, "team": "core"},  # outside a 32-bit column
+        was_rate_limited=1,  # type: ignore[arg-type]
+    )
+    start = RunStartEvent(id=run_id, name="r\x00un", tags=["a\x00b"], info={"k": "v"})
+    sender, task = start_database_logger(db, batch_size=100, debounce_time=60)
+    sender.send([*clean, messy, start])
+    sender.close()
+    await task
+    stats = sender.stats()
+    assert (stats.written, stats.failed, stats.repaired) == (7, 0, 2)
+    (row,) = await rows(db, chronicle_events, chronicle_events.c.id == messy.id)
+    assert row["model"] == "gpt-4o"
+    assert row["provider"] == "open\ufffdai"
+    assert row["chat_request"] == {"messages": [{"content": "hithere", "n": 1}]}
+    assert row["chat_response"] == {"usage": {"prompt_tokens": str(2**70)}}
+    assert (row["retries"], row["step_index"], row["rate_limited"]) == (2, None, True)
+    assert row["meta"]["team"] == "core"
+    notes = " | ".join(row["meta"]["eventlog_repairs"])
+    for column in ("model", "provider", "chat_request", "chat_response", "step_index"):
+        assert column in notes
+    (run,) = await rows(db, chronicle_runs)
+    assert (run["name"], run["tags"]) == ("run", ["ab"])
+    assert run["info"]["k"] == "v"
+    assert run["info"]["eventlog_repairs"]
+    assert await count(db, chronicle_events) == 6
 
-    with pytest.raises(DatabaseError, match="64-bit"):
-        await db.write_log_batch([EventPayload(type="x", data={"big": 2**70})])
+
+async def test_json_over_the_size_cap_is_truncated_with_a_visible_marker(
+    backend: str, db_url: str
+) -> None:
+    import eventlog
+
+    small = await eventlog.open_database(db_url, migrate=True, max_json_bytes=2_000)
+    try:
+        event = ProxyLogEvent(request={"messages": [{"content": "x" * 5_000}]})
+        assert await small.write_log_batch([event]) == 1
+        (row,) = await rows(small, chronicle_events, chronicle_events.c.id == event.id)
+        marker = row["chat_request"]["eventlog_truncated"]
+        assert marker["original_bytes"] > 5_000
+        assert marker["kept_bytes"] == len(marker["head"]) <= 2_000
+        assert marker["head"].startswith('{"messages":[{"content":"xxx')
+        assert "over the 2000-byte cap" in row["meta"]["eventlog_repairs"][0]
+    finally:
+        await small.close()
 
 
 async def test_write_after_close_is_a_clear_error(db: Database) -> None:
