@@ -18,7 +18,7 @@ from sqlalchemy import Boolean, Integer, Table, Text
 from eventlog.sanitize import MAX_JSON_BYTES, clean_bool, clean_int, clean_json, clean_text
 from eventlog.types import JsonType, TagsType, UTCDateTime, UUIDType, json_dumps, json_loads
 
-__all__ = ["RowEncoder", "row_encoder"]
+__all__ = ["NeedsChecking", "RowEncoder", "fast_encoder", "row_encoder"]
 
 RowEncoder = Callable[[Sequence[Any]], tuple[list[Any], bool]]
 
@@ -66,6 +66,52 @@ def _encoder(column_type: Any, dialect: str, max_json_bytes: int) -> Convert | N
 
 # Where a row's repairs are written down: the first of these columns the table has.
 _NOTE_COLUMNS = ("meta", "info")
+
+
+class NeedsChecking(Exception):
+    """Raised by a fast encoder for a value only the checked encoder may write."""
+
+
+def fast_encoder(
+    table: Table, dialect: str, columns: Sequence[str], *, max_json_bytes: int = MAX_JSON_BYTES
+) -> RowEncoder:
+    """Only the conversions the driver needs, no checks: for a database that refuses bad
+    values itself (PostgreSQL), where a refused batch is encoded again by
+    :func:`row_encoder` and retried. Returns the values and False."""
+    conversions = [
+        (i, convert)
+        for i, name in enumerate(columns)
+        if (convert := _fast(table.c[name].type, dialect, max_json_bytes)) is not None
+    ]
+
+    def encode(values: Sequence[Any]) -> tuple[list[Any], bool]:
+        encoded = list(values)
+        for i, convert in conversions:
+            value = encoded[i]
+            if value is not None:
+                encoded[i] = convert(value)
+        return encoded, False
+
+    return encode
+
+
+def _fast(column_type: Any, dialect: str, max_json_bytes: int) -> Callable[[Any], Any] | None:
+    if column_type is JsonType or (column_type is TagsType and dialect != "postgresql"):
+
+        def json_text(value: Any) -> str:
+            text = json_dumps(value)
+            if len(text) * 4 > max_json_bytes and len(text.encode("utf-8")) > max_json_bytes:
+                raise NeedsChecking("a JSON value over the size cap")
+            return text
+
+        return json_text
+    if isinstance(column_type, UUIDType):
+        return None if dialect == "postgresql" else str
+    if isinstance(column_type, UTCDateTime):
+        if dialect == "postgresql":
+            return lambda value: _postgres_time(value, "", [])
+        return lambda value: _sqlite_time(value, "", [])
+    return None
 
 
 def row_encoder(

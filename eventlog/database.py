@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from eventlog import postgres, sqlite
-from eventlog.codecs import RowEncoder, row_encoder
+from eventlog.codecs import RowEncoder, fast_encoder, row_encoder
 from eventlog.events import EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
 from eventlog.rows import EVENT_COLUMNS, event_values, payload_values, workflow_params
@@ -211,33 +211,60 @@ class Database:
         """
         if self._closed:
             raise DatabaseError(f"write_log_batch() after close() of {self!r}")
+        # SQLite stores whatever it is given, so values are checked and repaired before
+        # they go in. PostgreSQL refuses bad values itself: the common case skips the
+        # checks, and a refused batch is encoded again with them and retried once.
+        checked = self._sqlite is not None
         try:
-            events, workflow, repaired = await self._encode(entries)
-            if not events and not workflow:
-                return repaired
-            if self._sqlite is not None:
-                await self._sqlite.write_batch(events, self._insert_events.sql, workflow)
-            else:
-                async with self.engine.connect() as conn:
-                    driver = (await conn.get_raw_connection()).driver_connection
-                    await postgres.write_batch(
-                        driver, events, EVENT_COLUMNS, self._insert_events.sql, workflow
-                    )
+            return await self._write(entries, checked=checked) or 0
+        except Exception as err:
+            if checked or is_transient(err):
+                raise self._error(entries, err) from err
+            refused = err
+        try:
+            repaired = await self._write(entries, checked=True, only_if_repaired=True)
+        except Exception as err:
+            raise self._error(entries, err) from err
+        if repaired is None:  # nothing to repair: the batch is refused as it is
+            raise self._error(entries, refused) from refused
+        return repaired
+
+    def _error(self, entries: Sequence[ProxyLogEntry], err: Exception) -> DatabaseError:
+        return DatabaseError(
+            f"writing a batch of {len(entries)} entries to {self.dialect} failed: "
+            f"{type(err).__name__}: {err}",
+            transient=is_transient(err),
+        )
+
+    async def _write(
+        self,
+        entries: Sequence[ProxyLogEntry],
+        *,
+        checked: bool,
+        only_if_repaired: bool = False,
+    ) -> int | None:
+        events, workflow, repaired = await self._encode(entries, checked=checked)
+        if only_if_repaired and not repaired:
+            return None
+        if not events and not workflow:
             return repaired
-        except Exception as err:  # the driver's and SQLAlchemy's errors, in one place
-            raise DatabaseError(
-                f"writing a batch of {len(entries)} entries to {self.dialect} failed: "
-                f"{type(err).__name__}: {err}",
-                transient=is_transient(err),
-            ) from err
+        if self._sqlite is not None:
+            await self._sqlite.write_batch(events, self._insert_events.sql, workflow)
+        else:
+            async with self.engine.connect() as conn:
+                driver = (await conn.get_raw_connection()).driver_connection
+                await postgres.write_batch(
+                    driver, events, EVENT_COLUMNS, self._insert_events.sql, workflow
+                )
+        return repaired
 
     async def _encode(
-        self, entries: Sequence[ProxyLogEntry]
+        self, entries: Sequence[ProxyLogEntry], *, checked: bool
     ) -> tuple[list[list[Any]], dict[str, list[list[Any]]], int]:
         """Driver-ready rows, and how many entries had a value repaired; yields to the
         loop now and then, so a large batch does not hold the application's event loop
         for its whole serialisation."""
-        encode_event = self._insert_events.encode
+        encode_event = self._insert_events.encode if checked else self._insert_events.fast
         events: list[list[Any]] = []
         workflow: dict[str, list[list[Any]]] = {}
         repaired = 0
@@ -253,7 +280,8 @@ class Database:
             else:
                 compiled = self._workflow[_workflow_class(entry)]
                 params = workflow_params(entry)
-                row, fixed = compiled.encode([params.get(name) for name in compiled.columns])
+                encode = compiled.encode if checked else compiled.fast
+                row, fixed = encode([params.get(name) for name in compiled.columns])
                 workflow.setdefault(compiled.sql, []).append(row)
             repaired += fixed
         return events, workflow, repaired
@@ -286,7 +314,8 @@ class _Compiled:
 
     sql: str
     columns: tuple[str, ...]
-    encode: RowEncoder
+    encode: RowEncoder  # checks and repairs values
+    fast: RowEncoder  # converts only
 
 
 def _compile(statement: Insert, engine: AsyncEngine, max_json_bytes: int) -> _Compiled:
@@ -295,8 +324,10 @@ def _compile(statement: Insert, engine: AsyncEngine, max_json_bytes: int) -> _Co
     assert isinstance(table, Table)
     assert compiled.positiontup is not None
     columns = tuple(compiled.positiontup)
-    encode = row_encoder(table, engine.dialect.name, columns, max_json_bytes=max_json_bytes)
-    return _Compiled(compiled.string, columns, encode)
+    dialect = engine.dialect.name
+    encode = row_encoder(table, dialect, columns, max_json_bytes=max_json_bytes)
+    fast = fast_encoder(table, dialect, columns, max_json_bytes=max_json_bytes)
+    return _Compiled(compiled.string, columns, encode, fast)
 
 
 def _workflow_class(entry: object) -> type:

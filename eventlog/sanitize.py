@@ -16,8 +16,10 @@ value is repaired here, in a documented way, and the repair is written down (the
   digits or a whole float is converted); a non-bool flag is taken by its truth value;
 - text columns: a non-string is stored as ``str(value)``.
 
-The common case costs one substring search per JSON value and one flag check per string:
-the repairs run only when a value needs them.
+On SQLite, which stores whatever it is given, every value is checked (inline checks;
+the cleaning runs only when a check fails). PostgreSQL refuses such values itself, so
+there the common case skips the checks, and a batch it refuses (or whose values do not
+encode) is encoded again with them and retried once: the repairs are the same on both.
 """
 
 from __future__ import annotations
