@@ -23,19 +23,15 @@ __all__ = ["NeedsChecking", "RowEncoder", "fast_encoder", "row_encoder"]
 RowEncoder = Callable[[Sequence[Any]], tuple[list[Any], bool]]
 
 
-def _postgres_time(value: datetime, column: str, repairs: list[str]) -> datetime:
+def _postgres_time(value: datetime) -> datetime:
     # asyncpg would take a naive datetime as the machine's local time; eventlog says UTC.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def _sqlite_time(value: datetime, column: str, repairs: list[str]) -> str:
+def _sqlite_time(value: datetime) -> str:
     if value.tzinfo is not UTC:  # events hold UTC already, unless changed after creation
         value = value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
     return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
-
-
-def _sqlite_uuid(value: Any, column: str, repairs: list[str]) -> str:
-    return str(value)
 
 
 def _pg_tags(value: Any, column: str, repairs: list[str]) -> list[str]:
@@ -45,8 +41,8 @@ def _pg_tags(value: Any, column: str, repairs: list[str]) -> list[str]:
 Convert = Callable[[Any, str, list[str]], Any]
 
 
-def _encoder(column_type: Any, dialect: str, max_json_bytes: int) -> Convert | None:
-    """The conversion of one column's non-null values, or None to pass them as they are."""
+def _checked(column_type: Any, dialect: str, max_json_bytes: int) -> Convert | None:
+    """The checking conversion of one column's non-null values, if it has one."""
     if column_type is JsonType or (column_type is TagsType and dialect != "postgresql"):
 
         def json_text(value: Any, column: str, repairs: list[str]) -> str:
@@ -55,10 +51,6 @@ def _encoder(column_type: Any, dialect: str, max_json_bytes: int) -> Convert | N
         return json_text  # jsonb takes JSON text; SQLite stores the text
     if column_type is TagsType:
         return _pg_tags  # text[] takes the list
-    if isinstance(column_type, UUIDType):
-        return None if dialect == "postgresql" else _sqlite_uuid
-    if isinstance(column_type, UTCDateTime):
-        return _postgres_time if dialect == "postgresql" else _sqlite_time
     if isinstance(column_type, Boolean):
         return clean_bool
     return None
@@ -96,6 +88,7 @@ def fast_encoder(
 
 
 def _fast(column_type: Any, dialect: str, max_json_bytes: int) -> Callable[[Any], Any] | None:
+    """The driver's conversion of one column's non-null values, or None to pass them."""
     if column_type is JsonType or (column_type is TagsType and dialect != "postgresql"):
 
         def json_text(value: Any) -> str:
@@ -108,9 +101,7 @@ def _fast(column_type: Any, dialect: str, max_json_bytes: int) -> Callable[[Any]
     if isinstance(column_type, UUIDType):
         return None if dialect == "postgresql" else str
     if isinstance(column_type, UTCDateTime):
-        if dialect == "postgresql":
-            return lambda value: _postgres_time(value, "", [])
-        return lambda value: _sqlite_time(value, "", [])
+        return _postgres_time if dialect == "postgresql" else _sqlite_time
     return None
 
 
@@ -126,15 +117,18 @@ def row_encoder(
     """
     texts: list[tuple[int, str]] = []
     ints: list[tuple[int, str]] = []
-    conversions: list[tuple[int, str, Convert]] = []
+    checks: list[tuple[int, str, Convert]] = []
+    plain: list[tuple[int, Callable[[Any], Any]]] = []  # ids and times: nothing to check
     for i, name in enumerate(columns):
         column_type = table.c[name].type
         if isinstance(column_type, Text) and not isinstance(column_type, UUIDType):
             texts.append((i, name))
         elif isinstance(column_type, Integer) and not isinstance(column_type, Boolean):
             ints.append((i, name))
-        elif (convert := _encoder(column_type, dialect, max_json_bytes)) is not None:
-            conversions.append((i, name, convert))
+        elif (check := _checked(column_type, dialect, max_json_bytes)) is not None:
+            checks.append((i, name, check))
+        elif (convert := _fast(column_type, dialect, max_json_bytes)) is not None:
+            plain.append((i, convert))
     note = next((columns.index(c) for c in _NOTE_COLUMNS if c in columns), None)
     low, high = -(2**31), 2**31 - 1
 
@@ -151,10 +145,14 @@ def row_encoder(
             value = encoded[i]
             if value is not None and (type(value) is not int or not low <= value <= high):
                 encoded[i] = clean_int(value, name, repairs)
-        for i, name, convert in conversions:
+        for i, name, check in checks:
             value = encoded[i]
             if value is not None:
-                encoded[i] = convert(value, name, repairs)
+                encoded[i] = check(value, name, repairs)
+        for i, convert in plain:
+            value = encoded[i]
+            if value is not None:
+                encoded[i] = convert(value)
         if not repairs:
             return encoded, False
         if note is not None:

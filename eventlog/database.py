@@ -22,7 +22,7 @@ from sqlalchemy.pool import StaticPool
 
 from eventlog import postgres, sqlite
 from eventlog.codecs import RowEncoder, fast_encoder, row_encoder
-from eventlog.events import EventPayload, ProxyLogEntry, ProxyLogEvent
+from eventlog.events import ENTRY_TYPES, EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
 from eventlog.rows import EVENT_COLUMNS, event_values, payload_values, workflow_params
 from eventlog.sanitize import MAX_JSON_BYTES
@@ -337,7 +337,7 @@ def _workflow_class(entry: object) -> type:
     raise TypeError(f"not a log entry: {type(entry).__name__}")
 
 
-_WORKFLOW_CLASSES = frozenset(statements_for("sqlite").workflow)
+_WORKFLOW_CLASSES = frozenset(ENTRY_TYPES) - {ProxyLogEvent, EventPayload}
 
 
 async def open_database(

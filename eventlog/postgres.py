@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 import asyncpg
@@ -31,7 +32,7 @@ async def write_batch(
     then take their row locks in the same order and wait rather than deadlock.
     """
     if events:
-        events.sort(key=_first)
+        events.sort(key=itemgetter(0))
         try:
             async with conn.transaction():
                 await conn.copy_records_to_table(
@@ -57,10 +58,6 @@ async def _paced(rows: list[list[Any]]) -> AsyncIterator[list[Any]]:
         if i % _COPY_SLICE == _COPY_SLICE - 1:
             await asyncio.sleep(0)
         yield row
-
-
-def _first(row: list[Any]) -> Any:
-    return row[0]
 
 
 async def _apply(conn: asyncpg.Connection, workflow: dict[str, list[list[Any]]]) -> None:
