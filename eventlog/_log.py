@@ -1,13 +1,41 @@
 """eventlog's own diagnostics: the ``eventlog`` stdlib logger, never its own events.
 
-eventlog's warnings go to this logger only, so an application that routes logging into
-eventlog cannot make it loop.
+eventlog's warnings go to this logger only. An application may route stdlib logging
+into eventlog (a handler that calls ``send()``): while eventlog itself is logging, on
+that thread, :func:`in_own_logging` is true and ``send()`` drops the entry (counted as
+``dropped_by_reason["recursion"]``) instead of feeding eventlog's warnings back into it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any
 
-__all__ = ["logger"]
+__all__ = ["in_own_logging", "logger"]
 
-logger = logging.getLogger("eventlog")
+_local = threading.local()
+
+
+def in_own_logging() -> bool:
+    """Whether this thread is inside one of eventlog's own logging calls."""
+    return getattr(_local, "active", False)
+
+
+class _GuardedLogger(logging.LoggerAdapter[logging.Logger]):
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        outer = in_own_logging()
+        _local.active = True
+        try:
+            kwargs.setdefault("stacklevel", 3)
+            self.logger.log(level, msg, *args, **kwargs)
+        finally:
+            _local.active = outer
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return msg, kwargs
+
+
+logger = _GuardedLogger(logging.getLogger("eventlog"), {})

@@ -10,18 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Final
+from dataclasses import replace
+from typing import TYPE_CHECKING, Final, Literal
 
-from eventlog._log import logger
+from eventlog._log import in_own_logging, logger
 from eventlog.events import ENTRY_TYPES, ProxyLogEntry
-from eventlog.stats import LoggerStats
+from eventlog.stats import DROP_REASONS, LoggerStats
 
-__all__ = ["LogSender"]
+if TYPE_CHECKING:
+    from eventlog.spool import Spool
+
+__all__ = ["OVERFLOW_MODES", "LogSender", "Overflow"]
 
 _NEVER: Final = float("inf")
+
+Overflow = Literal["block", "drop_newest", "drop_oldest", "spill"]
+OVERFLOW_MODES: Final = ("block", "drop_newest", "drop_oldest", "spill")
+
+# Unbounded queues warn once past this many entries waiting (bounded ones at 80 %).
+DEFAULT_HIGH_WATER: Final = 100_000
+_LATENCY_WINDOW: Final = 1000
 
 
 class LogSender:
@@ -34,28 +46,43 @@ class LogSender:
     __slots__ = (
         "__weakref__",
         "_batches",
+        "_blocked",
         "_clock",
         "_close_timeout",
         "_closed",
         "_closed_at",
         "_closed_event",
+        "_dead_letters",
         "_dropped",
         "_failed",
         "_failed_writes",
         "_first_time",
+        "_high_water",
+        "_latencies",
         "_lock",
         "_loop",
         "_loop_thread",
+        "_max_queue",
+        "_oldest",
+        "_overflow",
         "_queue",
         "_queued_since_drain",
+        "_ready",
+        "_ready_time",
         "_repaired",
+        "_replayed",
+        "_resolved",
         "_retries",
         "_sent",
+        "_space",
+        "_space_waiters",
+        "_spool",
+        "_spool_waiter",
         "_task",
         "_transient_failures",
         "_waiter",
         "_wake_at",
-        "_warned_closed",
+        "_warned",
         "_written",
     )
 
@@ -64,6 +91,11 @@ class LogSender:
         loop: asyncio.AbstractEventLoop,
         clock: Callable[[], float],
         close_timeout: float = 30.0,
+        *,
+        max_queue: int | None = None,
+        overflow: Overflow = "drop_newest",
+        high_water: int | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self._loop = loop
         self._task: asyncio.Task[None] | None = None  # the writer, once started
@@ -71,32 +103,55 @@ class LogSender:
         self._loop_thread = threading.get_ident()
         self._clock = clock
         self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)  # senders blocked on a full queue
+        self._blocked = 0
+        self._space_waiters: list[asyncio.Future[None]] = []  # send_async() callers
+        self._max_queue = max_queue
+        self._overflow: Overflow = overflow
+        if high_water is None:
+            high_water = DEFAULT_HIGH_WATER if max_queue is None else max(1, max_queue * 4 // 5)
+        self._high_water = high_water
+        # What send() appends to. With a spool, the spool task moves entries from here to
+        # disk and then to `_ready`, which the writer drains; without, the writer drains
+        # `_queue` itself and `_ready` is unused.
         self._queue: deque[ProxyLogEntry] = deque()
-        self._first_time = 0.0  # clock() when the queue last went from empty to not empty
+        self._ready: deque[ProxyLogEntry] = deque()
+        self._spool = spool
+        self._spool_waiter: asyncio.Future[None] | None = None
+        self._ready_time = 0.0  # clock() of the oldest entry in `_ready`
+        self._first_time = 0.0  # clock() when the drained queue last became non-empty
         self._queued_since_drain = 0
         self._wake_at = _NEVER  # the writer sleeps until this many entries are queued
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
-        self._warned_closed = False
+        self._warned: set[str] = set()  # warnings given once
         self._sent = 0
-        self._dropped = 0
+        self._replayed = 0
+        self._dropped = dict.fromkeys(DROP_REASONS, 0)
         self._written = 0
         self._batches = 0
         self._failed = 0
         self._failed_writes = 0
+        self._dead_letters = 0
+        self._resolved = 0  # written + failed + dead letters + evicted
         self._retries = 0
         self._transient_failures = 0
         self._repaired = 0
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._oldest: Callable[[], float | None] | None = None  # set by the writer
         self._closed_at: float | None = None  # clock() at close()
         self._closed_event = asyncio.Event()  # set on the loop's thread after close()
 
     # -- the application's side ------------------------------------------------------
 
     def send(self, entry: ProxyLogEntry | Sequence[ProxyLogEntry]) -> None:
-        """Queue one entry, or a sequence of entries as one message; never blocks.
+        """Queue one entry, or a sequence of entries as one message.
 
-        Raises ``TypeError`` for an object that is not an entry (a programming error).
-        After :meth:`close` the entries are counted as dropped and one warning is logged.
+        Never blocks, except with ``overflow="block"`` on a full queue from a thread
+        other than the event loop's. Raises ``TypeError`` for an object that is not an
+        entry (a programming error). An entry that is not accepted (after
+        :meth:`close`, or over ``max_queue``) is counted in ``stats().dropped_by_reason``
+        and a warning is logged once per reason.
         """
         if type(entry) in ENTRY_TYPES:
             message: tuple[ProxyLogEntry, ...] | None = None
@@ -106,34 +161,55 @@ class LogSender:
             count = len(message)
             if count == 0:
                 return
+        if in_own_logging():
+            self._drop("recursion", count)
+            return
         with self._lock:
-            if self._closed:
-                self._dropped += count
-                warn, self._warned_closed = not self._warned_closed, True
-                wake = False
+            max_queue = self._max_queue
+            if self._closed or (
+                max_queue is not None
+                and self._sent + self._replayed - self._resolved + count > max_queue
+                and self._overflow != "spill"
+            ):
+                accepted = False
             else:
-                warn = False
-                if not self._queue:
-                    self._first_time = self._clock()
-                # A sequence goes in whole under the lock: atomic, in order, and the
-                # writer takes the queue as it is, with no message to unpack.
-                if message is None:
-                    self._queue.append(entry)  # type: ignore[arg-type]
-                else:
-                    self._queue.extend(message)
-                self._sent += count
-                self._queued_since_drain += count
-                wake = self._queued_since_drain >= self._wake_at
-                if wake:
-                    self._wake_at = _NEVER
+                accepted = True
+                wake = self._enqueue(entry, message, count)
+                high = self._sent + self._replayed - self._resolved >= self._high_water
+        if not accepted:
+            self._send_slow(entry, message, count)
+            return
         if wake:
             self._wake_writer()
-        elif warn:
-            logger.warning(
-                "eventlog: send() after close(): %d entries dropped "
-                "(further drops are counted in stats().dropped, not logged)",
-                count,
-            )
+        if high:
+            self._warn_high_water()
+
+    async def send_async(self, entry: ProxyLogEntry | Sequence[ProxyLogEntry]) -> None:
+        """Queue like :meth:`send`; with ``overflow="block"``, wait for room first.
+
+        The way for coroutines to respect a bound without blocking the event loop.
+        From another event loop than the logger's, the wait happens in a thread.
+        """
+        message = (entry,) if type(entry) in ENTRY_TYPES else _as_message(entry)
+        if self._overflow != "block" or self._max_queue is None or not message:
+            self.send(entry)
+            return
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            await asyncio.to_thread(self.send, entry)
+            return
+        while True:
+            with self._lock:
+                if self._closed or self._has_room(len(message)):
+                    break
+                waiter = loop.create_future()
+                self._space_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with self._lock, contextlib.suppress(ValueError):
+                    self._space_waiters.remove(waiter)
+        self.send(entry)
 
     def close(self) -> None:
         """Stop accepting entries; the writer writes everything sent before, then ends.
@@ -146,6 +222,7 @@ class LogSender:
             self._closed = True
             self._closed_at = self._clock()
             self._wake_at = _NEVER
+            self._space.notify_all()
         self._wake_writer()
 
     async def aclose(self, timeout: float | None = None) -> LoggerStats:  # noqa: ASYNC109
@@ -153,8 +230,9 @@ class LogSender:
 
         ``timeout`` (seconds) bounds the whole of it, retries of an unavailable database
         included (default: the logger's ``close_timeout`` for retries, and no bound on a
-        write under way). What is not written by then is counted in ``failed``. Returns
-        the final stats. Closing twice is harmless.
+        write under way). What is not written by then stays in the spool (with
+        ``spool_dir``) or is counted in ``failed``. Returns the final stats. Closing
+        twice is harmless.
         """
         if timeout is not None:
             if (
@@ -172,7 +250,9 @@ class LogSender:
                 # shield: a timeout here must not cancel the writer before we decide to.
                 await asyncio.wait_for(asyncio.shield(task), timeout)
             except TimeoutError:
-                task.cancel()
+                # The deadline is spent: no flushing on the way out.
+                self._close_timeout = 0.0
+                task.cancel(_NO_FLUSH)
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         return self.stats()
@@ -184,40 +264,215 @@ class LogSender:
 
     def stats(self) -> LoggerStats:
         """A consistent snapshot of this logger's counters; callable from any thread."""
+        oldest = self._oldest
         with self._lock:
-            return LoggerStats(
+            latencies = sorted(self._latencies)
+            first = self._first_time if self._queue else None
+            dropped = dict(self._dropped)
+            stats = LoggerStats(
                 sent=self._sent,
                 written=self._written,
                 batches=self._batches,
                 failed_writes=self._failed_writes,
                 failed=self._failed,
-                dropped=self._dropped,
+                dropped=sum(dropped.values()),
+                dropped_by_reason=dropped,
                 retries=self._retries,
                 repaired=self._repaired,
                 transient_failures=self._transient_failures,
-                queued=self._sent - self._written - self._failed,
+                dead_letters=self._dead_letters,
+                replayed=self._replayed,
+                queued=self._sent + self._replayed - self._resolved,
+                write_latency_last=self._latencies[-1] if latencies else None,
+                write_latency_p50=statistics.median(latencies) if latencies else None,
+                write_latency_p99=latencies[int(0.99 * (len(latencies) - 1))]
+                if latencies
+                else None,
             )
+        times = [t for t in (first, oldest() if oldest is not None else None) if t is not None]
+        age = max(0.0, self._clock() - min(times)) if times and stats.queued else None
+        spool = self._spool
+        return replace(
+            stats,
+            oldest_queued_age=age,
+            spooled=spool.pending if spool is not None else 0,
+            spool_corrupt=spool.corrupt if spool is not None else 0,
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<LogSender {state} sent={self._sent} written={self._written}>"
 
+    # -- send()'s slow paths ---------------------------------------------------------
+
+    def _enqueue(
+        self, entry: object, message: tuple[ProxyLogEntry, ...] | None, count: int
+    ) -> bool:
+        """Append under the lock; whether the writer (or the spool task) must be woken."""
+        queue = self._queue
+        was_empty = not queue
+        if was_empty:
+            self._first_time = self._clock()
+        # A sequence goes in whole under the lock: atomic, in order, and the writer
+        # takes the queue as it is, with no message to unpack.
+        if message is None:
+            queue.append(entry)  # type: ignore[arg-type]
+        else:
+            queue.extend(message)
+        self._sent += count
+        if self._spool is not None:
+            return was_empty and self._spool_waiter is not None
+        self._queued_since_drain += count
+        wake = self._queued_since_drain >= self._wake_at
+        if wake:
+            self._wake_at = _NEVER
+        return wake
+
+    def _has_room(self, count: int) -> bool:
+        assert self._max_queue is not None
+        return self._sent + self._replayed - self._resolved + count <= self._max_queue
+
+    def _send_slow(
+        self, entry: object, message: tuple[ProxyLogEntry, ...] | None, count: int
+    ) -> None:
+        """A send that the fast path refused: closed, or over ``max_queue``."""
+        wake = False
+        reason: str | None = None
+        with self._lock:
+            if self._closed:
+                reason = "closed"
+            elif self._overflow == "drop_newest":
+                reason = "queue_full"
+            elif self._overflow == "drop_oldest":
+                assert self._max_queue is not None
+                over = self._sent + self._replayed - self._resolved + count - self._max_queue
+                evict = min(over, len(self._queue))
+                if evict < over:  # the rest are being written: the new entries go
+                    reason = "queue_full"
+                else:
+                    for _ in range(evict):
+                        self._queue.popleft()
+                    self._dropped["evicted"] += evict
+                    self._resolved += evict
+                    wake = self._enqueue(entry, message, count)
+            elif threading.get_ident() == self._loop_thread:
+                # "block" on the loop's own thread would deadlock the loop: accept.
+                wake = self._enqueue(entry, message, count)
+            else:
+                self._blocked += 1
+                try:
+                    while not self._closed and not self._has_room(count):
+                        self._space.wait()
+                finally:
+                    self._blocked -= 1
+                if self._closed:
+                    reason = "closed"
+                else:
+                    wake = self._enqueue(entry, message, count)
+        if reason is not None:
+            self._drop(reason, count)
+        elif wake:
+            self._wake_writer()
+
+    def _drop(self, reason: str, count: int) -> None:
+        with self._lock:
+            self._dropped[reason] += count
+            first = reason not in self._warned
+            self._warned.add(reason)
+        if first and reason != "recursion":
+            detail = {
+                "closed": "send() after close()",
+                "queue_full": f"the queue is full (max_queue={self._max_queue})",
+            }.get(reason, reason)
+            logger.warning(
+                "eventlog: %s: %d entries dropped (further drops are counted in "
+                "stats().dropped_by_reason[%r], not logged)",
+                detail,
+                count,
+                reason,
+            )
+
+    def _warn_high_water(self) -> None:
+        with self._lock:
+            if "high_water" in self._warned:
+                return
+            self._warned.add("high_water")
+        logger.warning(
+            "eventlog: %d entries are waiting to be written (high-water mark %d%s); "
+            "the database is slow or away. This is logged once.",
+            self._sent + self._replayed - self._resolved,
+            self._high_water,
+            f", max_queue={self._max_queue}" if self._max_queue is not None else "",
+        )
+
     # -- the writer's side -----------------------------------------------------------
 
     def _drain(self) -> tuple[deque[ProxyLogEntry], float, bool]:
-        """Take every queued entry: (entries, clock() of the oldest, closed)."""
+        """Take every queued entry: (entries, clock() of the oldest, closed).
+
+        ``closed`` is true once nothing more can come: close() was called and, with a
+        spool, the spool task has handed over everything it holds.
+        """
+        with self._lock:
+            if self._spool is None:
+                messages = self._queue
+                if messages:
+                    self._queue = deque()
+                    self._queued_since_drain = 0
+                return messages, self._first_time, self._closed
+            messages = self._ready
+            if messages:
+                self._ready = deque()
+                self._queued_since_drain = 0
+            return messages, self._ready_time, self._closed and self._spool.finished
+
+    def _take_for_spool(self) -> tuple[deque[ProxyLogEntry], float]:
+        """The spool task takes what send() queued: (entries, clock() of the oldest)."""
         with self._lock:
             messages = self._queue
             if messages:
                 self._queue = deque()
-                self._queued_since_drain = 0
-            return messages, self._first_time, self._closed
+            return messages, self._first_time
+
+    def _hand_over(
+        self, entries: Sequence[ProxyLogEntry], first_time: float, *, replayed: bool
+    ) -> None:
+        """The spool task passes entries on to the writer (on the loop's thread)."""
+        with self._lock:
+            if not self._ready:
+                self._ready_time = first_time
+            self._ready.extend(entries)
+            if replayed:
+                self._replayed += len(entries)
+            self._queued_since_drain += len(entries)
+            wake = self._queued_since_drain >= self._wake_at
+            if wake:
+                self._wake_at = _NEVER
+        if wake:
+            self._wake()
+
+    async def _wait_for_spool_work(self, delay: float | None) -> None:
+        """The spool task sleeps until send() queues something, close(), or ``delay``."""
+        loop = self._loop
+        with self._lock:
+            if self._queue or self._closed:
+                return
+            waiter = self._spool_waiter = loop.create_future()
+        timer = None if delay is None else loop.call_later(max(delay, 0.0), self._wake)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self._lock:
+                self._spool_waiter = None
 
     async def _wait(self, wake_at: int, delay: float | None) -> None:
         """Sleep until ``wake_at`` entries are queued, close(), or ``delay`` seconds."""
         loop = self._loop
         with self._lock:
-            if self._closed or self._queued_since_drain >= wake_at:
+            done = self._closed and (self._spool is None or self._spool.finished)
+            if done or self._queued_since_drain >= wake_at:
                 return
             waiter = self._waiter = loop.create_future()
             self._wake_at = wake_at
@@ -231,24 +486,43 @@ class LogSender:
                 self._wake_at = _NEVER
                 self._waiter = None
 
-    def _record_write(self, count: int, ok: bool) -> None:
+    def _record_write(self, count: int, ok: bool, latency: float | None = None) -> None:
         with self._lock:
             if ok:
                 self._written += count
                 self._batches += 1
+                if latency is not None:
+                    self._latencies.append(latency)
+            else:
+                self._failed_writes += 1
+                if self._spool is None:
+                    self._failed += count
+            if ok or self._spool is None:  # with a spool, unwritten entries stay there
+                self._resolve(count)
+
+    def _record_batch_failed(self) -> None:
+        with self._lock:
+            self._failed_writes += 1
+
+    def _record_dead_letters(self, count: int, *, stored: bool) -> None:
+        with self._lock:
+            if stored:
+                self._dead_letters += count
             else:
                 self._failed += count
-                self._failed_writes += 1
+            self._resolve(count)
 
     def _record_repaired(self, count: int) -> None:
         with self._lock:
             self._repaired += count
 
     def _record_lost(self) -> int:
-        """Count every entry not yet written or failed as failed; return how many."""
+        """Count every entry not yet written as failed (or left in the spool)."""
         with self._lock:
-            lost = self._sent - self._written - self._failed
-            self._failed += lost
+            lost = self._sent + self._replayed - self._resolved
+            if self._spool is None:
+                self._failed += lost
+                self._resolve(lost)
             return lost
 
     def _record_transient_failure(self, *, retrying: bool) -> None:
@@ -256,6 +530,18 @@ class LogSender:
             self._transient_failures += 1
             if retrying:
                 self._retries += 1
+
+    def _resolve(self, count: int) -> None:
+        """``count`` entries left the queue (under the lock): wake blocked senders."""
+        self._resolved += count
+        if self._blocked:
+            self._space.notify_all()
+        for waiter in self._space_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        waiting = self._sent + self._replayed - self._resolved
+        if "high_water" in self._warned and waiting < self._high_water // 2:
+            self._warned.discard("high_water")  # warn again if it fills up again
 
     async def _wait_closed_or(self, delay: float) -> None:
         """Sleep ``delay`` seconds, or less if close() is called meanwhile."""
@@ -266,12 +552,15 @@ class LogSender:
             await asyncio.wait_for(self._closed_event.wait(), delay)
 
     def _wake(self) -> None:
-        """Wake the writer if it sleeps; runs on the loop's thread."""
+        """Wake the writer (and the spool task) if asleep; runs on the loop's thread."""
         if self._closed:
             self._closed_event.set()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            for space in self._space_waiters:
+                if not space.done():
+                    space.set_result(None)
+        for waiter in (self._waiter, self._spool_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def _wake_writer(self) -> None:
         """Wake the writer from any thread."""
@@ -281,6 +570,10 @@ class LogSender:
             # A closed loop raises RuntimeError: then there is no writer left to wake.
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._wake)
+
+
+# The cancel message aclose() uses once its deadline is spent: end without flushing.
+_NO_FLUSH: Final = "eventlog: aclose() deadline passed"
 
 
 def _as_message(entry: object) -> tuple[ProxyLogEntry, ...]:

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from sqlalchemy import Insert, Table, event
 from sqlalchemy.engine import URL, make_url
@@ -29,6 +29,9 @@ from eventlog.sanitize import MAX_JSON_BYTES
 from eventlog.statements import statements_for
 from eventlog.transient import is_transient
 from eventlog.types import json_dumps, json_loads
+
+if TYPE_CHECKING:
+    from eventlog.deadletters import DeadLetter
 
 __all__ = ["Database", "ProxyDatabase", "normalize_url", "open_database"]
 
@@ -285,6 +288,13 @@ class Database:
                 workflow.setdefault(compiled.sql, []).append(row)
             repaired += fixed
         return events, workflow, repaired
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Store entries the database refused in ``eventlog_dead_letters``, in one
+        transaction (see :mod:`eventlog.deadletters`)."""
+        from eventlog.deadletters import store_dead_letters  # it builds on this module
+
+        await store_dead_letters(self, letters)
 
     async def close(self) -> None:
         """Close every connection; closing twice is harmless."""

@@ -31,7 +31,7 @@ import orjson
 
 from eventlog.types import json_dumps
 
-__all__ = ["MAX_JSON_BYTES", "clean_bool", "clean_int", "clean_json", "clean_text"]
+__all__ = ["MAX_JSON_BYTES", "clean_bool", "clean_int", "clean_json", "clean_text", "repair_json"]
 
 MAX_JSON_BYTES = 1 << 20
 _INT32 = (-(2**31), 2**31 - 1)
@@ -78,6 +78,11 @@ def _walk(value: Any, depth: int, notes: set[str]) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_walk(item, depth + 1, notes) for item in value]
     return value  # left to json_dumps' conversions (datetime, UUID, dataclass, str())
+
+
+def repair_json(value: Any) -> Any:
+    """``value`` with the repairs :func:`clean_json` makes, without noting them."""
+    return _walk(value, 0, set())
 
 
 def clean_json(value: Any, column: str, repairs: list[str], max_bytes: int) -> str:

@@ -11,8 +11,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from eventlog.events import ProxyLogEntry
+
+if TYPE_CHECKING:
+    from eventlog.deadletters import DeadLetter
 
 __all__ = ["ManualClock", "MemoryDatabase"]
 
@@ -21,7 +25,10 @@ class MemoryDatabase:
     """An in-memory stand-in for :class:`eventlog.Database`: it records each batch.
 
     ``batches`` holds the batches in the order they were written; ``entries`` all of
-    their entries. Set ``fail_next`` to an exception to make the next write raise it.
+    their entries. Set ``fail_next`` to an exception to make the next write raise it,
+    and ``refuse`` to a predicate to make every batch holding a matching entry fail
+    (as a database constraint would); refused entries the writer sets aside arrive in
+    ``dead_letters``.
     """
 
     dialect = "memory"
@@ -29,6 +36,8 @@ class MemoryDatabase:
     def __init__(self) -> None:
         self.batches: list[list[ProxyLogEntry]] = []
         self.fail_next: BaseException | None = None
+        self.refuse: Callable[[ProxyLogEntry], bool] | None = None
+        self.dead_letters: list[DeadLetter] = []
         self.closed = False
         self._changed = asyncio.Condition()
 
@@ -42,9 +51,16 @@ class MemoryDatabase:
         failure, self.fail_next = self.fail_next, None
         if failure is not None:
             raise failure
+        refuse = self.refuse
+        if refuse is not None and any(refuse(entry) for entry in entries):
+            raise ValueError("refused by MemoryDatabase.refuse")
         async with self._changed:
             self.batches.append(list(entries))
             self._changed.notify_all()
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Keep the dead letters the writer sets aside."""
+        self.dead_letters.extend(letters)
 
     async def wait_for_batches(self, count: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a bounded wait is the point of a test helper
         """Wait until at least ``count`` batches are written (``TimeoutError`` after)."""

@@ -1,7 +1,8 @@
 """Which database failures are worth retrying: the database was away, not the data bad.
 
 A batch that failed for a transient reason (connection refused or lost, server restart,
-deadlock, serialization failure, SQLite ``database is locked``) is kept and written
+deadlock, serialization failure, SQLite ``database is locked`` or a database file
+that cannot be opened or read) is kept and written
 again later; any other failure means the batch itself was refused.
 """
 
@@ -34,8 +35,10 @@ def is_transient(err: BaseException) -> bool:
             return True
         if isinstance(current, asyncpg.InterfaceError) and "closed" in str(current):
             return True  # "connection is closed", "pool is closing"
-        if isinstance(current, sqlite3.OperationalError) and (
-            "locked" in str(current) or "busy" in str(current)
+        if isinstance(current, sqlite3.OperationalError) and any(
+            # busy, or the file cannot be reached (its volume or folder is away)
+            word in str(current)
+            for word in ("locked", "busy", "unable to open", "disk I/O error")
         ):
             return True
         current = current.__cause__ or current.__context__

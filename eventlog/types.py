@@ -9,7 +9,8 @@ usual 36-character text, JSON as text, times as fixed-width UTC text
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -17,25 +18,47 @@ from sqlalchemy import DateTime, Dialect, String, Text, TypeDecorator, Uuid
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import TypeEngine
 
+from eventlog.events import error_to_json
+
 __all__ = [
     "JSONText",
     "JsonType",
     "TagsType",
     "UTCDateTime",
     "UUIDType",
+    "json_default",
     "json_dumps",
     "json_loads",
 ]
 
 
-def _default(value: Any) -> Any:
-    # orjson already handles datetime, UUID, dataclasses and enums; the rest as text
-    # rather than failing the whole batch (issue-level sanitising comes later).
+def json_default(value: Any) -> Any:
+    """What JSON holds for a value orjson cannot serialise itself.
+
+    orjson already writes datetime and date (ISO 8601), UUID (text), dataclasses
+    (objects), enums (their value) and numpy arrays. Beyond those: sets and tuples become
+    arrays, bytes text (invalid UTF-8 replaced), Decimal its exact decimal text, a
+    pydantic model its ``model_dump(mode="json")``, an exception
+    ``{"type", "message", "traceback"}``, a timedelta its seconds, and anything else its
+    ``repr``, rather than failing the whole batch.
+    """
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, BaseException):
+        return error_to_json(value)
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        try:
+            return dump(mode="json")
+        except Exception:
+            return repr(value)
+    return repr(value)
 
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
@@ -43,7 +66,7 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 def json_dumps(value: Any) -> str:
     """Serialise to JSON text for a JSON/jsonb column."""
-    return orjson.dumps(value, default=_default, option=_OPTIONS).decode()
+    return orjson.dumps(value, default=json_default, option=_OPTIONS).decode()
 
 
 def json_loads(text: str | bytes) -> Any:

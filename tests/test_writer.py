@@ -6,12 +6,17 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from eventlog import EventPayload, LoggerStats, LogSender, start_database_logger
+from eventlog import EventPayload, LogSender, start_database_logger
 from eventlog.events import ProxyLogEntry
 from eventlog.testing import ManualClock, MemoryDatabase
+
+if TYPE_CHECKING:
+    from eventlog.deadletters import DeadLetter
 
 
 def events(n: int, prefix: str = "e") -> list[EventPayload]:
@@ -114,7 +119,10 @@ async def test_close_writes_everything_sent_before_it() -> None:
     sender.close()
     await task
     assert db.batches == [sent]
-    assert sender.stats() == LoggerStats(sent=3, written=3, batches=1)
+    stats = sender.stats()
+    assert (stats.sent, stats.written, stats.batches, stats.queued) == (3, 3, 1, 0)
+    assert stats.dropped == stats.failed == stats.dead_letters == 0
+    assert stats.oldest_queued_age is None
 
 
 async def test_close_with_nothing_sent_ends_the_task() -> None:
@@ -183,26 +191,92 @@ async def test_send_of_a_non_event_raises_type_error_at_once() -> None:
     assert sender.stats().sent == 0
 
 
-async def test_failed_write_is_logged_counted_and_the_writer_goes_on(
+async def test_refused_entries_are_isolated_set_aside_and_the_rest_written(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     db = MemoryDatabase()
-    db.fail_next = RuntimeError("disk on fire")
-    sender, task = start_database_logger(db, batch_size=2, debounce_time=60)
-    lost, kept = events(2, "lost"), events(2, "kept")
-    with caplog.at_level(logging.ERROR, logger="eventlog"):
-        sender.send(lost)
-        await writer_asleep(sender)
-        sender.send(kept)
+    db.refuse = lambda entry: isinstance(entry, EventPayload) and entry.type.startswith("bad")
+    sender, task = start_database_logger(db, batch_size=8, debounce_time=60)
+    good = events(6, "good")
+    bad = events(2, "bad")
+    batch = [good[0], bad[0], *good[1:4], bad[1], *good[4:]]
+    with caplog.at_level(logging.WARNING, logger="eventlog"):
+        sender.send(batch)
         sender.close()
         await task
-    assert db.batches == [kept]
-    assert sender.stats() == LoggerStats(
-        sent=4, written=2, batches=1, failed_writes=1, failed=2, queued=0
+    assert sorted(e.type for e in db.entries) == sorted(e.type for e in good)
+    assert [letter.entry for letter in db.dead_letters] == bad
+    (_batch_id,) = {letter.batch_id for letter in db.dead_letters}
+    assert {letter.batch_size for letter in db.dead_letters} == {8}
+    assert "refused by MemoryDatabase.refuse" in db.dead_letters[0].error
+    stats = sender.stats()
+    assert (stats.sent, stats.written, stats.dead_letters, stats.failed, stats.queued) == (
+        8,
+        6,
+        2,
+        0,
+        0,
     )
-    (record,) = [r for r in caplog.records if "failed to write" in r.getMessage()]
-    assert "2 entries" in record.getMessage()
-    assert "disk on fire" in record.getMessage()
+    assert stats.failed_writes == 1
+    assert any("set aside in eventlog_dead_letters" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_one_off_refusal_writes_every_entry_after_the_split() -> None:
+    db = MemoryDatabase()
+    db.fail_next = RuntimeError("disk on fire")
+    sender, task = start_database_logger(db, batch_size=4, debounce_time=60)
+    sent = events(4)
+    sender.send(sent)
+    sender.close()
+    await task
+    assert db.entries == sent
+    assert db.dead_letters == []
+    assert sender.stats().written == 4
+
+
+async def test_refused_entries_go_to_a_jsonl_file_without_a_dead_letter_table(
+    tmp_path: Path,
+) -> None:
+    from eventlog.deadletters import list_dead_letter_files
+
+    class NoTable(MemoryDatabase):
+        async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+            raise RuntimeError("no such table: eventlog_dead_letters")
+
+    db = NoTable()
+    db.refuse = lambda entry: isinstance(entry, EventPayload) and entry.type == "bad"
+    sender, _task = start_database_logger(
+        db, batch_size=10, debounce_time=60, dead_letter_dir=tmp_path / "dead"
+    )
+    (bad,) = events(1, "bad")
+    bad.type = "bad"
+    sender.send([*events(3), bad])
+    stats = await sender.aclose()
+    assert stats.dead_letters == 1
+    assert stats.written == 3
+    (path,) = (tmp_path / "dead").glob("*.jsonl")
+    line = path.read_text().strip()
+    assert str(bad.id) in line
+    assert "refused by MemoryDatabase.refuse" in line
+    assert list_dead_letter_files(tmp_path / "dead")
+
+
+async def test_refused_entry_with_nowhere_to_go_is_logged_with_its_content(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class NoTable(MemoryDatabase):
+        async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+            raise RuntimeError("no such table")
+
+    db = NoTable()
+    db.refuse = lambda entry: True
+    sender, _task = start_database_logger(db, batch_size=10, debounce_time=60)
+    (entry,) = events(1, "lonely")
+    with caplog.at_level(logging.ERROR, logger="eventlog"):
+        sender.send(entry)
+        stats = await sender.aclose()
+    assert (stats.failed, stats.dead_letters, stats.written) == (1, 0, 0)
+    assert any(str(entry.id) in r.getMessage() for r in caplog.records)
 
 
 async def test_stats_show_an_accepted_send_at_once() -> None:
@@ -310,20 +384,38 @@ async def test_repeated_write_failures_are_summarised_not_hidden(
     assert "database is down" in messages[1]
 
 
-async def test_cancelling_the_writer_warns_about_unwritten_entries(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_cancelling_the_writer_writes_what_is_pending_first() -> None:
     db = MemoryDatabase()
     sender, task = start_database_logger(db, batch_size=100, debounce_time=60)
-    sender.send(events(4))
+    sent = events(4)
+    sender.send(sent)
     await writer_asleep(sender)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert db.entries == sent
+    assert sender.closed
+    stats = sender.stats()
+    assert (stats.written, stats.failed, stats.queued) == (4, 0, 0)
+
+
+async def test_cancelling_the_writer_gives_up_after_cancel_timeout_and_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Hanging(MemoryDatabase):
+        async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
+            await asyncio.Event().wait()
+
+    db = Hanging()
+    sender, task = start_database_logger(db, batch_size=100, debounce_time=0, cancel_timeout=0.05)
+    sender.send(events(4))
+    await asyncio.sleep(0)
     with caplog.at_level(logging.WARNING, logger="eventlog"):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert any(
-        "cancelled with 4 entries not confirmed written" in r.getMessage() for r in caplog.records
-    )
+    assert sender.stats().failed == 4
+    assert any("cancelled with 4 entries not written" in r.getMessage() for r in caplog.records)
 
 
 class Gated(MemoryDatabase):
@@ -436,15 +528,15 @@ async def test_entries_sent_during_an_outage_are_written_after_it_in_order() -> 
     assert sender.stats().retries == 5
 
 
-async def test_a_failure_that_is_not_transient_is_not_retried() -> None:
+async def test_a_failure_that_is_not_transient_is_split_not_retried() -> None:
     db = MemoryDatabase()
-    db.fail_next = ValueError("value too long for type character varying(3)")
+    db.refuse = lambda entry: True
     sender, task = start_database_logger(db, batch_size=2, debounce_time=60)
     sender.send(events(2))
     sender.close()
     await task
     stats = sender.stats()
-    assert (stats.failed, stats.retries, stats.transient_failures) == (2, 0, 0)
+    assert (stats.dead_letters, stats.retries, stats.transient_failures) == (2, 0, 0)
 
 
 async def test_retrying_stops_close_timeout_after_close() -> None:
