@@ -1,4 +1,4 @@
-"""The ``eventlog`` command: ``demo``, ``migrate``, ``bench`` and ``--version``.
+"""The ``eventlog`` command: ``demo``, ``migrate``, ``dead-letters``, ``bench``, ``--version``.
 
 Exit status: 0 done; 1 the database failed (or refused entries); 2 bad usage (arguments,
 database URL, migration revision); 130 interrupted with Ctrl-C. The expected failures
@@ -18,15 +18,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from rich import box
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from eventlog import __version__
 from eventlog.database import Database, normalize_url, open_database
+from eventlog.deadletters import (
+    StoredDeadLetter,
+    count_dead_letters,
+    list_dead_letter_files,
+    list_dead_letters,
+    retry_dead_letters,
+)
 from eventlog.demo import run_demo
 from eventlog.exceptions import DatabaseError, EventLogError, MigrationError
 from eventlog.migrate import alembic_config, downgrade, upgrade
@@ -123,6 +134,37 @@ def _parser() -> argparse.ArgumentParser:
         help="downgrade to REV instead ('base' removes eventlog's tables and their data)",
     )
     migrate.set_defaults(handler=_migrate)
+
+    dead_letters = commands.add_parser(
+        "dead-letters",
+        parents=[database],
+        help="list the entries the database refused, or --retry them after a fix",
+        description="List the dead letters: entries the database refused for good, kept "
+        "in the eventlog_dead_letters table (and, when even that failed, in JSONL files). "
+        "With --retry, send each one again on its own and remove those written. Exit "
+        "status 1 if some are still refused.",
+    )
+    dead_letters.add_argument(
+        "--retry", action="store_true", help="send them again; keep those still refused"
+    )
+    dead_letters.add_argument(
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="the N oldest only (default: all)",
+    )
+    dead_letters.add_argument(
+        "--dir",
+        type=Path,
+        metavar="FOLDER",
+        help="also the dead-letters-*.jsonl files in FOLDER (the writer's fallback folder)",
+    )
+    dead_letters.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per dead letter instead of a table",
+    )
+    dead_letters.set_defaults(handler=_dead_letters)
 
     bench = commands.add_parser(
         "bench",
@@ -283,6 +325,72 @@ async def _migrate(args: argparse.Namespace, url: str) -> int:
         verb = "downgraded" if args.downgrade is not None else "upgraded"
         print(f"{db.url}: schema {verb} from {name(before)} to {name(after)}.")
     return 0
+
+
+# -- eventlog dead-letters --------------------------------------------------------------
+
+
+async def _dead_letters(args: argparse.Namespace, url: str) -> int:
+    db = await open_database(url)
+    try:
+        if args.retry:
+            result = await retry_dead_letters(db, limit=args.limit, folder=args.dir)
+            print(
+                f"retried {result.retried}: written {result.written}, still failing {result.failed}"
+            )
+            return 1 if result.failed else 0
+        letters = await list_dead_letters(db, limit=args.limit)
+        total = await count_dead_letters(db)
+    finally:
+        await db.close()
+    in_files: list[StoredDeadLetter] = []
+    unreadable = 0
+    if args.dir is not None:
+        in_files, unreadable = await asyncio.to_thread(list_dead_letter_files, args.dir)
+    shown = (letters + in_files)[: args.limit]
+    if args.json:
+        for letter in shown:
+            sys.stdout.write(orjson.dumps(letter.to_json()).decode() + "\n")
+        if unreadable:
+            print(f"{_count(unreadable, 'unreadable line')} in {args.dir}", file=sys.stderr)
+        return 0
+    console = Console()
+    if shown:
+        console.print(_dead_letter_table(shown))
+    summary = _count(total, "dead letter")
+    if args.dir is not None:
+        summary += f" in {db.url}, {len(in_files)} in {args.dir}"
+        if unreadable:
+            summary += f" (and {_count(unreadable, 'unreadable line')})"
+    console.print(summary, highlight=False, soft_wrap=True)
+    return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _dead_letter_table(letters: Sequence[StoredDeadLetter]) -> Table:
+    """Two lines a dead letter: time over kind, entry id over batch, so that the error
+    (its first line) keeps most of an 80-column terminal."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, leading=1)
+    table.add_column("time (UTC)\nkind", no_wrap=True, overflow="ellipsis")
+    table.add_column("entry id\nbatch (size)", no_wrap=True, overflow="ellipsis")
+    table.add_column("tries", no_wrap=True, justify="right")
+    table.add_column("error", ratio=1, overflow="fold")
+    for letter in letters:
+        lines = letter.error.strip().splitlines()
+        error = lines[0] if lines else ""
+        if len(error) > 120 or len(lines) > 1:
+            error = error[:119] + "\u2026"
+        entry_id = "-" if letter.entry_id is None else str(letter.entry_id)
+        table.add_row(
+            f"{letter.time:%Y-%m-%d %H:%M:%S}\n{letter.kind}",
+            f"{entry_id}\n\u2026{letter.batch_id.hex[-12:]} ({letter.batch_size})",
+            str(letter.attempts) if letter.file is None else f"{letter.attempts}\n(file)",
+            escape(error),
+        )
+    return table
 
 
 # -- eventlog bench -----------------------------------------------------------------------

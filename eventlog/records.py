@@ -33,6 +33,7 @@ from eventlog.types import json_default
 __all__ = ["entry_from_record", "entry_to_record", "record_kind"]
 
 _KINDS: Final[dict[str, type[ProxyLogEntry]]] = {cls.__name__: cls for cls in ENTRY_TYPES}
+_CLASSES: Final = frozenset(ENTRY_TYPES)
 _UUID_FIELDS: Final = frozenset({"id", "run_id", "step_id", "parent_step"})
 _TIME_FIELDS: Final = frozenset({"timestamp", "time"})
 _DURATION_FIELDS: Final = frozenset({"latency", "total_latency"})
@@ -57,10 +58,18 @@ def _field(value: Any) -> Any:
     return value
 
 
+def _kind_of(cls: type) -> str:
+    """The entry class a record names: a subclass is kept as the class it extends."""
+    for base in cls.__mro__:
+        if base in _CLASSES:
+            return base.__name__
+    raise TypeError(f"not a log entry: {cls.__name__}")
+
+
 def entry_to_record(entry: ProxyLogEntry) -> bytes:
     """``entry`` as one line of JSON (no newline in it), which
     :func:`entry_from_record` turns back into an equal entry."""
-    record: dict[str, Any] = {"kind": type(entry).__name__}
+    record: dict[str, Any] = {"kind": _kind_of(type(entry))}
     for f in fields(entry):
         value = getattr(entry, f.name)
         if value is not None:

@@ -11,6 +11,10 @@ Differences from chronicle, each on purpose:
   and the start fills it in later (see :mod:`eventlog.statements`).
 - ``chronicle_events.created_at`` has a BRIN index on PostgreSQL: rows arrive in time
   order, and BRIN costs almost nothing per insert where a B-tree costs a page split.
+
+And one table of eventlog's own, ``eventlog_dead_letters``: the entries the database
+refused for good, kept where a person can find and re-send them (see
+:mod:`eventlog.deadletters`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    text,
 )
 
 from eventlog.types import JsonType, TagsType, UTCDateTime, UUIDType
@@ -35,6 +40,7 @@ __all__ = [
     "chronicle_events",
     "chronicle_runs",
     "chronicle_steps",
+    "eventlog_dead_letters",
     "include_object_for",
     "metadata",
 ]
@@ -127,6 +133,24 @@ chronicle_steps = Table(
     Column("start_time", UTCDateTime),
     Column("end_time", UTCDateTime),
     Index("chronicle_steps_run_id_idx", "run_id"),
+)
+
+eventlog_dead_letters = Table(
+    "eventlog_dead_letters",
+    metadata,
+    Column("id", UUIDType, primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),  # when the entry was refused
+    Column("batch_id", UUIDType, nullable=False),
+    Column("batch_size", Integer, nullable=False),
+    Column("entry_kind", Text, nullable=False),  # the entry class: "ProxyLogEvent", ...
+    Column("entry_id", UUIDType),  # the entry's id (step_id for step events)
+    # The entry as an eventlog.records record. TEXT, not jsonb: jsonb refuses \u0000,
+    # and a dead letter must be storable whatever the entry holds.
+    Column("entry", Text, nullable=False),
+    Column("error", Text, nullable=False),  # the latest refusal, "TypeName: message"
+    Column("attempts", Integer, nullable=False, server_default=text("1")),
+    Column("last_attempt_at", UTCDateTime),  # the latest retry; NULL before any
+    Index("eventlog_dead_letters_created_at_idx", "created_at"),
 )
 
 # Tag searches (`tags @> ARRAY['x']`) on PostgreSQL, as chronicle has them; SQLite

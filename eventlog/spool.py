@@ -294,6 +294,9 @@ class Spool:
     def close(self) -> None:
         """Release the files: what is not committed stays for the next logger."""
         for segment in self._segments:
+            segment.sealed = True
+        self._delete_done()
+        for segment in self._segments:
             if segment.records == 0 and not segment.adopted:
                 with contextlib.suppress(OSError):
                     segment.path.unlink()

@@ -20,7 +20,8 @@ from eventlog.migrate import downgrade, migrations_dir, upgrade
 from eventlog.schema import include_object_for, metadata
 
 REPO = Path(__file__).resolve().parent.parent
-TABLES = {"chronicle_events", "chronicle_runs", "chronicle_steps"}
+CHRONICLE_TABLES = {"chronicle_events", "chronicle_runs", "chronicle_steps"}
+TABLES = CHRONICLE_TABLES | {"eventlog_dead_letters"}
 BIN = Path(sys.executable).parent
 
 
@@ -100,6 +101,40 @@ async def test_upgrade_and_downgrade_inside_a_running_loop(
         async with db.engine.connect() as conn:
             names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
         assert not TABLES & names
+    finally:
+        await db.close()
+
+
+async def test_downgrade_to_0002_drops_only_the_dead_letter_table(
+    backend: str, fresh_url: Callable[[str], str]
+) -> None:
+    url = fresh_url(backend)
+    db = await eventlog.open_database(url, migrate=True)
+    try:
+        async with db.engine.connect() as conn:
+            columns = await conn.run_sync(
+                lambda c: {col["name"] for col in inspect(c).get_columns("eventlog_dead_letters")}
+            )
+            indexes = await conn.run_sync(
+                lambda c: {i["name"] for i in inspect(c).get_indexes("eventlog_dead_letters")}
+            )
+        assert columns == {
+            "id",
+            "created_at",
+            "batch_id",
+            "batch_size",
+            "entry_kind",
+            "entry_id",
+            "entry",
+            "error",
+            "attempts",
+            "last_attempt_at",
+        }
+        assert indexes == {"eventlog_dead_letters_created_at_idx"}
+        await downgrade(db.engine, "0002")
+        assert await table_names(url) == CHRONICLE_TABLES
+        await upgrade(db.engine)
+        assert await table_names(url) == TABLES
     finally:
         await db.close()
 
