@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import statistics
 import threading
 from collections import deque
@@ -285,7 +286,8 @@ class LogSender:
                 queued=self._sent + self._replayed - self._resolved,
                 write_latency_last=self._latencies[-1] if latencies else None,
                 write_latency_p50=statistics.median(latencies) if latencies else None,
-                write_latency_p99=latencies[int(0.99 * (len(latencies) - 1))]
+                # nearest rank: with few writes, the slowest of them
+                write_latency_p99=latencies[math.ceil(0.99 * len(latencies)) - 1]
                 if latencies
                 else None,
             )

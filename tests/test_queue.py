@@ -42,7 +42,7 @@ async def test_drop_newest_refuses_entries_over_the_bound_which_covers_the_write
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     db = Gated()
-    sender, task = start_database_logger(db, batch_size=2, debounce_time=0, max_queue=5)
+    sender, _task = start_database_logger(db, batch_size=2, debounce_time=0, max_queue=5)
     sent = events(8)
     sender.send(sent[:2])
     await writing(db)  # the first two are being written: they still count
@@ -60,7 +60,7 @@ async def test_drop_newest_refuses_entries_over_the_bound_which_covers_the_write
 
 async def test_drop_oldest_pushes_out_the_oldest_entries_not_yet_taken() -> None:
     db = Gated()
-    sender, task = start_database_logger(db, batch_size=2, debounce_time=0, max_queue=5)
+    sender, _task = start_database_logger(db, batch_size=2, debounce_time=0, max_queue=5)
     sent = events(8)
     sender.send(sent[:2])
     await writing(db)
@@ -79,7 +79,7 @@ async def test_drop_oldest_pushes_out_the_oldest_entries_not_yet_taken() -> None
 
 async def test_drop_oldest_can_be_chosen_at_start() -> None:
     db = Gated()
-    sender, task = start_database_logger(
+    sender, _task = start_database_logger(
         db, batch_size=1, debounce_time=0, max_queue=2, overflow="drop_oldest"
     )
     sent = events(4)
@@ -94,7 +94,7 @@ async def test_drop_oldest_can_be_chosen_at_start() -> None:
 
 async def test_block_makes_other_threads_wait_for_room_and_never_blocks_the_loop() -> None:
     db = Gated()
-    sender, task = start_database_logger(
+    sender, _task = start_database_logger(
         db, batch_size=2, debounce_time=0, max_queue=2, overflow="block"
     )
     sent = events(4)
@@ -124,7 +124,7 @@ async def test_block_makes_other_threads_wait_for_room_and_never_blocks_the_loop
 
 async def test_send_async_waits_for_room_without_blocking_the_loop() -> None:
     db = Gated()
-    sender, task = start_database_logger(
+    sender, _task = start_database_logger(
         db, batch_size=2, debounce_time=0, max_queue=2, overflow="block"
     )
     sent = events(3)
@@ -162,7 +162,7 @@ async def test_a_blocked_sender_is_released_by_close_and_its_entry_counted() -> 
 
 async def test_high_water_warning_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     db = Gated()
-    sender, task = start_database_logger(db, batch_size=100, debounce_time=0, high_water=10)
+    sender, _task = start_database_logger(db, batch_size=100, debounce_time=0, high_water=10)
     with caplog.at_level(logging.WARNING, logger="eventlog"):
         for entry in events(30):
             sender.send(entry)
@@ -196,7 +196,7 @@ async def test_eventlog_own_warnings_do_not_loop_through_an_application_handler(
 
 async def test_stats_show_the_oldest_waiting_entry_and_write_latency() -> None:
     db = Gated()
-    sender, task = start_database_logger(db, batch_size=1, debounce_time=0)
+    sender, _task = start_database_logger(db, batch_size=1, debounce_time=0)
     assert sender.stats().oldest_queued_age is None
     sender.send(events(2))
     await writing(db)

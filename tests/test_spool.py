@@ -121,7 +121,9 @@ async def test_damaged_records_are_skipped_and_counted_never_blocking_start_up(
     record = entry_to_record(EventPayload(type="lost"))
     (spool / "00000000000000000001-1-000001.spool").write_bytes(
         _frame(entry_to_record(good[0]))
-        + b"deadbeef " + record + b"\n"  # wrong checksum
+        + b"deadbeef "
+        + record
+        + b"\n"  # wrong checksum
         + _frame(b'{"kind": "NoSuchEvent"}')  # a record that is no entry
         + b"\x00\xff garbage \n"
         + _frame(entry_to_record(good[1]))
@@ -148,7 +150,7 @@ async def test_spill_keeps_memory_bounded_and_reads_the_excess_back_in_order(
     tmp_path: Path,
 ) -> None:
     db = Gated()
-    sender, task = start_database_logger(
+    sender, _task = start_database_logger(
         db,
         batch_size=10,
         debounce_time=0,
@@ -212,7 +214,7 @@ async def test_sigkill_loses_nothing_sent_more_than_one_fsync_interval_before(
     spool = tmp_path / "spool"
     url = await unreachable_url(backend, tmp_path)
     block = str(tmp_path / "volume") if backend == "sqlite" else "-"
-    child = subprocess.Popen(
+    child = subprocess.Popen(  # noqa: ASYNC220 - started once; read in a thread below
         [sys.executable, "-c", CHILD, url, str(spool), block],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
