@@ -42,38 +42,54 @@ _METADATA: Final[dict[str, type[RequestMetadata] | type[InternalMetadata]]] = {
     "internal_metadata": InternalMetadata,
 }
 _OPTIONS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_MICROSECOND: Final = timedelta(microseconds=1)
+# Field names per class, looked up once (dataclasses.fields() per entry is slow).
+_NAMES: Final[dict[type, tuple[str, ...]]] = {
+    cls: tuple(f.name for f in fields(cls))
+    for cls in (*ENTRY_TYPES, RequestMetadata, InternalMetadata)
+}
+_NAME_SETS: Final = {cls: frozenset(names) for cls, names in _NAMES.items()}
 
 
-def _field(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value // timedelta(microseconds=1)
-    if isinstance(value, (RequestMetadata, InternalMetadata)):
-        return {f.name: _field(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, tuple):
-        return list(value)
-    return value
+def _metadata(value: RequestMetadata | InternalMetadata) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _NAMES[type(value)]:
+        item = getattr(value, name)
+        if item is not None:
+            out[name] = str(item) if isinstance(item, uuid.UUID) else item
+    return out
 
 
-def _kind_of(cls: type) -> str:
+def _kind_of(cls: type) -> type:
     """The entry class a record names: a subclass is kept as the class it extends."""
     for base in cls.__mro__:
         if base in _CLASSES:
-            return base.__name__
+            return base
     raise TypeError(f"not a log entry: {cls.__name__}")
 
 
 def entry_to_record(entry: ProxyLogEntry) -> bytes:
     """``entry`` as one line of JSON (no newline in it), which
     :func:`entry_from_record` turns back into an equal entry."""
-    record: dict[str, Any] = {"kind": _kind_of(type(entry))}
-    for f in fields(entry):
-        value = getattr(entry, f.name)
-        if value is not None:
-            record[f.name] = _field(value)
+    cls = type(entry)
+    if cls not in _CLASSES:
+        cls = _kind_of(cls)
+    record: dict[str, Any] = {"kind": cls.__name__}
+    for name in _NAMES[cls]:
+        value = getattr(entry, name)
+        if value is None:
+            continue
+        if name in _UUID_FIELDS:
+            value = str(value)
+        elif name in _TIME_FIELDS:
+            value = value.isoformat()
+        elif name in _DURATION_FIELDS:
+            value = value // _MICROSECOND
+        elif name in _METADATA:
+            value = _metadata(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        record[name] = value
     try:
         return orjson.dumps(record, default=json_default, option=_OPTIONS)
     except (orjson.JSONEncodeError, RecursionError, UnicodeEncodeError, TypeError):
@@ -101,7 +117,7 @@ def entry_from_record(record: bytes | str | Mapping[str, Any]) -> ProxyLogEntry:
             raise InvalidEventError("", "must be a JSON object")
     cls = _KINDS[record_kind(record)]
     values: dict[str, Any] = {}
-    names = {f.name for f in fields(cls)}
+    names = _NAME_SETS[cls]
     for name, value in record.items():
         if name == "kind" or name not in names or value is None:
             continue
