@@ -12,8 +12,16 @@
 
 from __future__ import annotations
 
+from eventlog.background import BackgroundLogger, start_background_logger
 from eventlog.channel import LogSender
 from eventlog.database import Database, ProxyDatabase, open_database
+from eventlog.deadletters import (
+    DeadLetter,
+    RetryResult,
+    StoredDeadLetter,
+    list_dead_letters,
+    retry_dead_letters,
+)
 from eventlog.events import (
     EventPayload,
     InternalMetadata,
@@ -39,8 +47,10 @@ from eventlog.stats import LoggerStats
 from eventlog.writer import start_database_logger
 
 __all__ = [
+    "BackgroundLogger",
     "Database",
     "DatabaseError",
+    "DeadLetter",
     "EventLogError",
     "EventPayload",
     "InternalMetadata",
@@ -52,16 +62,21 @@ __all__ = [
     "ProxyLogEntry",
     "ProxyLogEvent",
     "RequestMetadata",
+    "RetryResult",
     "RunStartEvent",
     "RunUpdateEvent",
     "StepEndEvent",
     "StepErrorEvent",
     "StepStartEvent",
     "StepStateEvent",
+    "StoredDeadLetter",
     "WorkflowEvent",
     "__version__",
+    "list_dead_letters",
     "open_database",
     "parse_event",
+    "retry_dead_letters",
+    "start_background_logger",
     "start_database_logger",
 ]
 

@@ -9,6 +9,7 @@ sort in creation order within this process.
 from __future__ import annotations
 
 import random
+import os
 import threading
 import time
 import uuid
@@ -16,6 +17,8 @@ import uuid
 __all__ = ["uuid7"]
 
 _lock = threading.Lock()
+# A child forked while another thread makes an id would wait for this lock forever.
+os.register_at_fork(after_in_child=_lock._at_fork_reinit)  # type: ignore[attr-defined]
 # Mersenne Twister seeded from os.urandom and reseeded after fork by the random module:
 # ids need uniqueness, not secrecy, and a syscall per id would cost more than the rest.
 _random_bits = random.getrandbits

@@ -27,6 +27,7 @@ import fcntl
 import math
 import os
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -146,15 +147,17 @@ class Spool:
             adopted += 1
         if self._segments:
             self._backlog = (self._segments[0], 0)
-        os.register_at_fork(after_in_child=self._forget_after_fork)
+        spool = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_after_fork(spool))
         return adopted
 
     def _forget_after_fork(self) -> None:
         # A forked child shares these open files (and so their locks) with its parent,
-        # which still owns them: close the child's copies without unlocking.
+        # which still owns them: close the child's copies (closing a copy does not
+        # release a flock that the parent's copy holds; only LOCK_UN would).
         for segment in self._segments:
             with contextlib.suppress(OSError):
-                os.close(segment.file.fileno())
+                segment.file.close()
         self._segments = []
         self._current = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="eventlog-spool")
@@ -342,6 +345,12 @@ class Spool:
             os.fsync(self._current.file.fileno())
         self._dirty = False
         self._last_fsync = self._clock()
+
+
+def _forget_after_fork(spool: weakref.ref[Spool]) -> None:
+    alive = spool()
+    if alive is not None:
+        alive._forget_after_fork()
 
 
 def _frame(record: bytes) -> bytes:

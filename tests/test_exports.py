@@ -24,8 +24,16 @@ CONTRACT = {
     "ProxyLogEntry",
     "parse_event",
     "EventLogError",
+    # reliability (issue 4)
+    "BackgroundLogger",
+    "start_background_logger",
+    "list_dead_letters",
+    "retry_dead_letters",
 }
 EXTRAS = {
+    "DeadLetter",
+    "RetryResult",
+    "StoredDeadLetter",
     "DatabaseError",
     "InvalidEventError",
     "LoggerStats",
