@@ -8,8 +8,8 @@ sort in creation order within this process.
 
 from __future__ import annotations
 
-import random
 import os
+import random
 import threading
 import time
 import uuid
