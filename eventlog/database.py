@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from eventlog import postgres, sqlite
+from eventlog._log import logger
 from eventlog.codecs import RowEncoder, fast_encoder, row_encoder
 from eventlog.events import ENTRY_TYPES, EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
@@ -367,8 +368,20 @@ async def open_database(
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite" and not _is_memory(parsed):
         assert parsed.database is not None
-        # One mkdir at startup: not worth a thread hop.
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+        folder = Path(parsed.database).expanduser().parent
+        try:
+            # One mkdir at startup: not worth a thread hop.
+            folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+        except OSError as err:
+            # The volume may not be mounted yet: start anyway, the writes retry.
+            if migrate:
+                raise DatabaseError(f"cannot create the folder {folder}: {err}") from err
+            logger.warning(
+                "eventlog: cannot create the folder %s for the SQLite database: %s; "
+                "writes will be retried until it can be opened",
+                folder,
+                err,
+            )
     db = Database(create_engine(parsed), max_json_bytes=max_json_bytes)
     if migrate:
         from eventlog.migrate import upgrade
