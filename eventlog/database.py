@@ -368,10 +368,10 @@ async def open_database(
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite" and not _is_memory(parsed):
         assert parsed.database is not None
-        folder = Path(parsed.database).expanduser().parent
+        # One mkdir at startup: not worth a thread hop.
+        folder = Path(parsed.database).expanduser().parent  # noqa: ASYNC240
         try:
-            # One mkdir at startup: not worth a thread hop.
-            folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             # The volume may not be mounted yet: start anyway, the writes retry.
             if migrate:
