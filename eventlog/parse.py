@@ -3,17 +3,26 @@
 ``parse_event`` is for input from outside (HTTP bodies, queues, files): every problem
 raises :class:`~eventlog.InvalidEventError` whose ``field`` is the dotted path of the
 offending value, so a client can be told exactly what to fix.
+
+LLM calls travel in the same format as an object of ``type`` ``"chronicle_llm_request"``
+carrying the :class:`~eventlog.ProxyLogEvent` fields, latencies in milliseconds
+(:func:`parse_entry` reads any entry, :func:`entry_to_wire` writes one). Its
+``internal_metadata`` (the trusted organization, project and user) is never read from
+the wire: the receiving side sets it.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from eventlog.events import (
     EventPayload,
+    ProxyLogEntry,
+    ProxyLogEvent,
+    RequestMetadata,
     RunStartEvent,
     RunUpdateEvent,
     StepEndEvent,
@@ -27,7 +36,9 @@ from eventlog.events import (
 from eventlog.exceptions import InvalidEventError
 from eventlog.ids import uuid7
 
-__all__ = ["parse_event"]
+__all__ = ["LLM_EVENT_TYPE", "entry_to_wire", "parse_entry", "parse_event"]
+
+LLM_EVENT_TYPE = "chronicle_llm_request"
 
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -243,3 +254,110 @@ def parse_event(obj: Any) -> WorkflowEvent:
     if not isinstance(typ, str) or not typ:
         raise InvalidEventError("type", f"must be a non-empty string, got {_show(typ)}")
     return _PARSERS.get(typ, _generic)(obj)
+
+
+def _milliseconds(value: Any, where: str) -> timedelta:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        try:
+            return timedelta(milliseconds=value)
+        except OverflowError:
+            pass
+    raise InvalidEventError(where, f"must be milliseconds >= 0, got {_show(value)}")
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidEventError(where, f"must be true or false, got {_kind(value)}")
+    return value
+
+
+def _int(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidEventError(where, f"must be an integer, got {_show(value)}")
+    return value
+
+
+_METADATA_TYPES: dict[str, Callable[[Any, str], Any]] = {
+    "run_id": _uuid,
+    "step_id": _uuid,
+    "step_index": _int,
+    "prompt_version": _int,
+    "extra": _object,
+}
+
+
+def _metadata(value: Any, where: str) -> RequestMetadata:
+    values = _object(value, where)
+    known: dict[str, Any] = {}
+    for key, item in values.items():
+        if item is None:
+            continue
+        if key in _METADATA_TYPES:
+            known[key] = _METADATA_TYPES[key](item, f"{where}.{key}")
+        elif key in RequestMetadata._KNOWN:
+            known[key] = _str(item, f"{where}.{key}")
+        else:
+            known[key] = item  # an unknown key: kept in `extra`, as from_dict does
+    return RequestMetadata.from_dict(known)
+
+
+def _llm_event(obj: Mapping[str, Any]) -> ProxyLogEvent:
+    return ProxyLogEvent(
+        id=_get(obj, "id", "", _uuid) or uuid7(),
+        event_type=_get(obj, "event_type", "", _str) or LLM_EVENT_TYPE,
+        timestamp=_get(obj, "timestamp", "", _time) or _when(obj),
+        request=obj.get("request"),
+        response=obj.get("response"),
+        provider=_get(obj, "provider", "", _str),
+        model=_get(obj, "model", "", _str),
+        latency=_get(obj, "latency", "", _milliseconds),
+        total_latency=_get(obj, "total_latency", "", _milliseconds),
+        was_rate_limited=_get(obj, "was_rate_limited", "", _bool),
+        num_retries=_get(obj, "num_retries", "", _int),
+        error=obj.get("error"),
+        metadata=_get(obj, "metadata", "", _metadata) or RequestMetadata(),
+        response_meta=_get(obj, "response_meta", "", _object),
+    )
+
+
+def parse_entry(obj: Any) -> ProxyLogEntry:
+    """Like :func:`parse_event`, and an LLM call for ``type`` ``"chronicle_llm_request"``."""
+    if isinstance(obj, Mapping) and obj.get("type") == LLM_EVENT_TYPE:
+        return _llm_event(obj)
+    return parse_event(obj)
+
+
+def _ms(value: timedelta | None) -> float | None:
+    return None if value is None else value / timedelta(milliseconds=1)
+
+
+def entry_to_wire(entry: ProxyLogEntry) -> dict[str, Any]:
+    """``entry`` as a JSON object of the wire format, which :func:`parse_entry` reads back
+    (``internal_metadata`` left out). Values are JSON-ready except for the request,
+    response and other free-form values, which are as the entry holds them."""
+    if not isinstance(entry, ProxyLogEvent):
+        return entry.to_json()
+    metadata = {
+        name: str(value) if isinstance(value, uuid.UUID) else value
+        for name in RequestMetadata._KNOWN
+        if (value := getattr(entry.metadata, name)) is not None
+    }
+    wire: dict[str, Any] = {
+        "type": LLM_EVENT_TYPE,
+        "id": str(entry.id),
+        "timestamp": entry.timestamp.isoformat(),
+        "request": entry.request,
+        "response": entry.response,
+        "provider": entry.provider,
+        "model": entry.model,
+        "latency": _ms(entry.latency),
+        "total_latency": _ms(entry.total_latency),
+        "was_rate_limited": entry.was_rate_limited,
+        "num_retries": entry.num_retries,
+        "error": entry.error,
+        "metadata": metadata or None,
+        "response_meta": entry.response_meta,
+    }
+    if entry.event_type != LLM_EVENT_TYPE:
+        wire["event_type"] = entry.event_type
+    return {key: value for key, value in wire.items() if value is not None}

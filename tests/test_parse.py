@@ -212,3 +212,52 @@ def test_malformed_input_names_the_field(obj: Any, field: str, words: str) -> No
 def test_unknown_keys_are_ignored_as_chronicle_does() -> None:
     event = parse_event({"type": "run:update", "id": RUN, "context": {"x": 1}})
     assert isinstance(event, RunUpdateEvent)
+
+
+def test_an_llm_call_survives_the_wire_format_but_never_its_trusted_metadata() -> None:
+    import uuid as _uuid
+
+    from eventlog import ProxyLogEvent
+    from eventlog.parse import LLM_EVENT_TYPE, entry_to_wire, parse_entry
+
+    event = ProxyLogEvent(
+        provider="openai",
+        model="gpt-4o",
+        request={"messages": [{"role": "user", "content": "hi"}]},
+        response={"usage": {"prompt_tokens": 3, "completion_tokens": 5}},
+        latency=0.25,
+        total_latency=1.5,
+        num_retries=2,
+        was_rate_limited=True,
+        metadata={"user_id": "u-1", "run_id": str(_uuid.uuid4()), "step_index": 3, "x": 1},
+        internal_metadata={"user_id": "trusted"},
+    )
+    wire = entry_to_wire(event)
+    assert wire["type"] == LLM_EVENT_TYPE
+    assert wire["latency"] == 250.0
+    assert "internal_metadata" not in wire
+    back = parse_entry({**wire, "internal_metadata": {"user_id": "forged"}})
+    assert isinstance(back, ProxyLogEvent)
+    assert back.internal_metadata.user_id is None
+    back.internal_metadata = event.internal_metadata
+    assert back == event
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"latency": "slow"}, "latency"),
+        ({"latency": -1}, "latency"),
+        ({"num_retries": 1.5}, "num_retries"),
+        ({"was_rate_limited": "yes"}, "was_rate_limited"),
+        ({"metadata": {"run_id": "nope"}}, "metadata.run_id"),
+        ({"metadata": {"user_id": 7}}, "metadata.user_id"),
+        ({"id": "x"}, "id"),
+    ],
+)
+def test_a_bad_llm_call_names_the_field(body: dict[str, object], field: str) -> None:
+    from eventlog.parse import LLM_EVENT_TYPE, parse_entry
+
+    with pytest.raises(InvalidEventError) as caught:
+        parse_entry({"type": LLM_EVENT_TYPE, **body})
+    assert caught.value.field == field
