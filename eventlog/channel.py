@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from eventlog._log import in_own_logging, logger
 from eventlog.events import ENTRY_TYPES, ProxyLogEntry
+from eventlog.records import entry_to_record
 from eventlog.stats import DROP_REASONS, LoggerStats
 
 if TYPE_CHECKING:
@@ -63,10 +64,12 @@ class LogSender:
         "_lock",
         "_loop",
         "_loop_thread",
+        "_max_bytes",
         "_max_queue",
         "_oldest",
         "_overflow",
         "_queue",
+        "_queued_bytes",
         "_queued_since_drain",
         "_ready",
         "_ready_time",
@@ -94,6 +97,7 @@ class LogSender:
         close_timeout: float = 30.0,
         *,
         max_queue: int | None = None,
+        max_queue_bytes: int | None = None,
         overflow: Overflow = "drop_newest",
         high_water: int | None = None,
         spool: Spool | None = None,
@@ -108,6 +112,8 @@ class LogSender:
         self._blocked = 0
         self._space_waiters: list[asyncio.Future[None]] = []  # send_async() callers
         self._max_queue = max_queue
+        self._max_bytes = max_queue_bytes
+        self._queued_bytes = 0  # JSON size of what is queued, kept with max_queue_bytes
         self._overflow: Overflow = overflow
         if high_water is None:
             high_water = DEFAULT_HIGH_WATER if max_queue is None else max(1, max_queue * 4 // 5)
@@ -165,20 +171,20 @@ class LogSender:
         if in_own_logging():
             self._drop("recursion", count)
             return
+        size = 0 if self._max_bytes is None else _size_of(entry, message)
         with self._lock:
-            max_queue = self._max_queue
             if self._closed or (
-                max_queue is not None
-                and self._sent + self._replayed - self._resolved + count > max_queue
+                (self._max_queue is not None or self._max_bytes is not None)
                 and self._overflow != "spill"
+                and not self._fits(count, size)
             ):
                 accepted = False
             else:
                 accepted = True
-                wake = self._enqueue(entry, message, count)
+                wake = self._enqueue(entry, message, count, size)
                 high = self._sent + self._replayed - self._resolved >= self._high_water
         if not accepted:
-            self._send_slow(entry, message, count)
+            self._send_slow(entry, message, count, size)
             return
         if wake:
             self._wake_writer()
@@ -191,17 +197,21 @@ class LogSender:
         The way for coroutines to respect a bound without blocking the event loop.
         From another event loop than the logger's, the wait happens in a thread.
         """
-        message = (entry,) if type(entry) in ENTRY_TYPES else _as_message(entry)
-        if self._overflow != "block" or self._max_queue is None or not message:
+        message: tuple[ProxyLogEntry, ...] = (
+            (entry,) if type(entry) in ENTRY_TYPES else _as_message(entry)  # type: ignore[assignment]
+        )
+        bounded = self._max_queue is not None or self._max_bytes is not None
+        if self._overflow != "block" or not bounded or not message:
             self.send(entry)
             return
+        size = 0 if self._max_bytes is None else _size_of(message[0], message)
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             await asyncio.to_thread(self.send, entry)
             return
         while True:
             with self._lock:
-                if self._closed or self._has_room(len(message)):
+                if self._closed or self._fits(len(message), size):
                     break
                 waiter = loop.create_future()
                 self._space_waiters.append(waiter)
@@ -284,6 +294,7 @@ class LogSender:
                 dead_letters=self._dead_letters,
                 replayed=self._replayed,
                 queued=self._sent + self._replayed - self._resolved,
+                queued_bytes=self._queued_bytes,
                 write_latency_last=self._latencies[-1] if latencies else None,
                 write_latency_p50=statistics.median(latencies) if latencies else None,
                 # nearest rank: with few writes, the slowest of them
@@ -308,9 +319,14 @@ class LogSender:
     # -- send()'s slow paths ---------------------------------------------------------
 
     def _enqueue(
-        self, entry: object, message: tuple[ProxyLogEntry, ...] | None, count: int
+        self,
+        entry: object,
+        message: tuple[ProxyLogEntry, ...] | None,
+        count: int,
+        size: int = 0,
     ) -> bool:
         """Append under the lock; whether the writer (or the spool task) must be woken."""
+        self._queued_bytes += size
         queue = self._queue
         was_empty = not queue
         if was_empty:
@@ -330,12 +346,23 @@ class LogSender:
             self._wake_at = _NEVER
         return wake
 
-    def _has_room(self, count: int) -> bool:
-        assert self._max_queue is not None
-        return self._sent + self._replayed - self._resolved + count <= self._max_queue
+    def _fits(self, count: int, size: int) -> bool:
+        """Whether ``count`` more entries of ``size`` bytes fit the bounds (under the
+        lock). One entry larger than ``max_queue_bytes`` still goes into an empty queue."""
+        max_queue = self._max_queue
+        if max_queue is not None and self._sent + self._replayed - self._resolved + count > (
+            max_queue
+        ):
+            return False
+        max_bytes = self._max_bytes
+        return max_bytes is None or not self._queued_bytes or self._queued_bytes + size <= max_bytes
 
     def _send_slow(
-        self, entry: object, message: tuple[ProxyLogEntry, ...] | None, count: int
+        self,
+        entry: object,
+        message: tuple[ProxyLogEntry, ...] | None,
+        count: int,
+        size: int,
     ) -> None:
         """A send that the fast path refused: closed, or over ``max_queue``."""
         wake = False
@@ -346,31 +373,32 @@ class LogSender:
             elif self._overflow == "drop_newest":
                 reason = "queue_full"
             elif self._overflow == "drop_oldest":
-                assert self._max_queue is not None
-                over = self._sent + self._replayed - self._resolved + count - self._max_queue
-                evict = min(over, len(self._queue))
-                if evict < over:  # the rest are being written: the new entries go
+                evicted = 0
+                while self._queue and not self._fits(count, size):
+                    oldest = self._queue.popleft()
+                    evicted += 1
+                    self._resolved += 1
+                    if self._max_bytes is not None:
+                        self._queued_bytes = max(0, self._queued_bytes - _size_of(oldest))
+                self._dropped["evicted"] += evicted
+                if self._fits(count, size):
+                    wake = self._enqueue(entry, message, count, size)
+                else:  # the rest are being written: the new entries go
                     reason = "queue_full"
-                else:
-                    for _ in range(evict):
-                        self._queue.popleft()
-                    self._dropped["evicted"] += evict
-                    self._resolved += evict
-                    wake = self._enqueue(entry, message, count)
             elif threading.get_ident() == self._loop_thread:
                 # "block" on the loop's own thread would deadlock the loop: accept.
-                wake = self._enqueue(entry, message, count)
+                wake = self._enqueue(entry, message, count, size)
             else:
                 self._blocked += 1
                 try:
-                    while not self._closed and not self._has_room(count):
+                    while not self._closed and not self._fits(count, size):
                         self._space.wait()
                 finally:
                     self._blocked -= 1
                 if self._closed:
                     reason = "closed"
                 else:
-                    wake = self._enqueue(entry, message, count)
+                    wake = self._enqueue(entry, message, count, size)
         if reason is not None:
             self._drop(reason, count)
         elif wake:
@@ -488,7 +516,14 @@ class LogSender:
                 self._wake_at = _NEVER
                 self._waiter = None
 
-    def _record_write(self, count: int, ok: bool, latency: float | None = None) -> None:
+    def _record_write(
+        self,
+        count: int,
+        ok: bool,
+        latency: float | None = None,
+        entries: Sequence[ProxyLogEntry] = (),
+    ) -> None:
+        freed = self._bytes_of(entries)
         with self._lock:
             if ok:
                 self._written += count
@@ -500,19 +535,22 @@ class LogSender:
                 if self._spool is None:
                     self._failed += count
             if ok or self._spool is None:  # with a spool, unwritten entries stay there
-                self._resolve(count)
+                self._resolve(count, freed)
 
     def _record_batch_failed(self) -> None:
         with self._lock:
             self._failed_writes += 1
 
-    def _record_dead_letters(self, count: int, *, stored: bool) -> None:
+    def _record_dead_letters(
+        self, count: int, *, stored: bool, entries: Sequence[ProxyLogEntry] = ()
+    ) -> None:
+        freed = self._bytes_of(entries)
         with self._lock:
             if stored:
                 self._dead_letters += count
             else:
                 self._failed += count
-            self._resolve(count)
+            self._resolve(count, freed)
 
     def _record_repaired(self, count: int) -> None:
         with self._lock:
@@ -533,9 +571,19 @@ class LogSender:
             if retrying:
                 self._retries += 1
 
-    def _resolve(self, count: int) -> None:
-        """``count`` entries left the queue (under the lock): wake blocked senders."""
+    def _bytes_of(self, entries: Sequence[ProxyLogEntry]) -> int:
+        """The size ``max_queue_bytes`` counts of ``entries`` (0 when not bounded)."""
+        if self._max_bytes is None:
+            return 0
+        return sum(_size_of(entry) for entry in entries)
+
+    def _resolve(self, count: int, freed: int = 0) -> None:
+        """``count`` entries (``freed`` bytes) left the queue, under the lock: wake
+        blocked senders."""
         self._resolved += count
+        if self._max_bytes is not None:
+            empty = self._sent + self._replayed == self._resolved
+            self._queued_bytes = 0 if empty else max(0, self._queued_bytes - freed)
         if self._blocked:
             self._space.notify_all()
         for waiter in self._space_waiters:
@@ -576,6 +624,14 @@ class LogSender:
 
 # The cancel message aclose() uses once its deadline is spent: end without flushing.
 _NO_FLUSH: Final = "eventlog: aclose() deadline passed"
+
+
+def _size_of(entry: object, message: Sequence[ProxyLogEntry] | None = None) -> int:
+    """The bytes an entry counts against ``max_queue_bytes``: the length of its JSON
+    record (what the spool would write), a fair measure of what it holds."""
+    if message is not None:
+        return sum(len(entry_to_record(item)) for item in message)
+    return len(entry_to_record(entry))  # type: ignore[arg-type]
 
 
 def _as_message(entry: object) -> tuple[ProxyLogEntry, ...]:

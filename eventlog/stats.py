@@ -34,8 +34,9 @@ class LoggerStats:
     away or busy, and ``retries`` the attempts made again after one. ``repaired`` counts
     written entries that had a value repaired (see :mod:`eventlog.sanitize`).
 
-    With a spool, ``spooled`` is how many entries are in the spool waiting for the
-    database (after ``aclose()`` they stay there for the next start, and are not
+    ``queued_bytes`` is the JSON size of the queued entries, kept only with
+    ``max_queue_bytes``. With a spool, ``spooled`` is how many entries are in the spool
+    waiting for the database (after ``aclose()`` they stay there for the next start, and are not
     ``failed``), and ``spool_corrupt`` counts torn or damaged records skipped on reading
     it. ``oldest_queued_age`` is the age in seconds of the oldest entry not yet written
     (None when none is waiting); ``write_latency_*`` are seconds from a batch's first
@@ -50,6 +51,7 @@ class LoggerStats:
     failed: int = 0
     dropped: int = 0
     queued: int = 0
+    queued_bytes: int = 0
     retries: int = 0
     transient_failures: int = 0
     repaired: int = 0

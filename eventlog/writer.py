@@ -50,6 +50,7 @@ def start_database_logger(
     close_timeout: float = 30.0,
     cancel_timeout: float = 5.0,
     max_queue: int | None = None,
+    max_queue_bytes: int | None = None,
     overflow: Overflow = "drop_newest",
     high_water: int | None = None,
     spool_dir: str | os.PathLike[str] | None = None,
@@ -75,11 +76,12 @@ def start_database_logger(
     - Cancelling the task writes what it can for up to ``cancel_timeout`` seconds first.
 
     Memory: ``max_queue`` bounds the entries accepted and not yet written (the batches
-    being written included); ``overflow`` says what a full queue does: ``"drop_newest"``
-    refuses the new entries, ``"drop_oldest"`` pushes out the oldest ones not yet taken
-    by the writer, ``"block"`` makes senders on other threads wait (``send_async()``
-    waits without blocking; the loop's own thread is never blocked) and ``"spill"``
-    keeps the excess in the spool only. A warning is logged once when ``high_water``
+    being written included), and ``max_queue_bytes`` their size (as JSON); ``overflow``
+    says what a full queue does: ``"drop_newest"`` refuses the new entries,
+    ``"drop_oldest"`` pushes out the oldest ones not yet taken by the writer,
+    ``"block"`` makes senders on other threads wait (``send_async()`` waits without
+    blocking; the loop's own thread is never blocked) and ``"spill"`` keeps the excess
+    in the spool only. A warning is logged once when ``high_water``
     entries wait (default 80 % of ``max_queue``, or 100,000).
 
     ``spool_dir`` turns on the durable spool (:mod:`eventlog.spool`): every entry is
@@ -118,7 +120,11 @@ def start_database_logger(
             f"retry_max_delay must be >= retry_base_delay, got {retry_max_delay!r} "
             f"< {retry_base_delay!r}"
         )
-    for name, bound in (("max_queue", max_queue), ("high_water", high_water)):
+    for name, bound in (
+        ("max_queue", max_queue),
+        ("max_queue_bytes", max_queue_bytes),
+        ("high_water", high_water),
+    ):
         if bound is not None and (
             isinstance(bound, bool) or not isinstance(bound, int) or bound < 1
         ):
@@ -162,6 +168,7 @@ def start_database_logger(
         clock,
         float(close_timeout),
         max_queue=max_queue,
+        max_queue_bytes=max_queue_bytes,
         overflow=overflow,
         high_water=high_water,
         spool=spool,
@@ -488,12 +495,12 @@ class _Writes:
         await self._isolate(second, start + middle, error, letters, known_bad=first_clean)
 
     def _written(self, entries: list[ProxyLogEntry], start: int, latency: float) -> None:
-        self._sender._record_write(len(entries), ok=True, latency=latency)
+        self._sender._record_write(len(entries), ok=True, latency=latency, entries=entries)
         if self._spool is not None:
             self._spool.settle(start, len(entries), committed=True)
 
     def _gave_up(self, entries: list[ProxyLogEntry], start: int, error: Exception) -> None:
-        self._sender._record_write(len(entries), ok=False)
+        self._sender._record_write(len(entries), ok=False, entries=entries)
         if self._spool is not None:
             self._spool.settle(start, len(entries), committed=False)
         self._failures.add(len(entries), error)
@@ -505,6 +512,7 @@ class _Writes:
         else (no folder, or it failed too) in the log, with their content."""
         from eventlog.deadletters import DeadLetter, write_dead_letter_file
 
+        refused_entries = [entry for entry, _ in refused]
         letters = [
             DeadLetter(entry=entry, error=_describe(err), batch_id=batch_id, batch_size=size)
             for entry, err in refused
@@ -517,7 +525,9 @@ class _Writes:
             except Exception as err:
                 failure = err
             else:
-                self._sender._record_dead_letters(len(letters), stored=True)
+                self._sender._record_dead_letters(
+                    len(letters), stored=True, entries=refused_entries
+                )
                 logger.warning(
                     "eventlog: %d of a batch of %d entries refused by the database, set "
                     "aside in eventlog_dead_letters (eventlog dead-letters); first: %s",
@@ -533,7 +543,9 @@ class _Writes:
             except Exception as err:
                 failure = err
             else:
-                self._sender._record_dead_letters(len(letters), stored=True)
+                self._sender._record_dead_letters(
+                    len(letters), stored=True, entries=refused_entries
+                )
                 logger.warning(
                     "eventlog: %d of a batch of %d entries refused by the database, set "
                     "aside in %s%s; first: %s",
@@ -544,7 +556,7 @@ class _Writes:
                     letters[0].error,
                 )
                 return
-        self._sender._record_dead_letters(len(letters), stored=False)
+        self._sender._record_dead_letters(len(letters), stored=False, entries=refused_entries)
         for letter in letters:
             logger.error(
                 "eventlog: entry refused by the database and not stored anywhere (%s): "

@@ -239,3 +239,30 @@ async def test_drop_oldest_with_a_spool_is_refused(tmp_path: object) -> None:
 
 def _unused(sender: LogSender) -> None:  # keeps the import for type checkers
     del sender
+
+
+async def test_max_queue_bytes_bounds_the_size_of_what_waits() -> None:
+    db = Gated()
+    big = [EventPayload(type="big", data={"text": "x" * 10_000, "i": i}) for i in range(10)]
+    sender, _ = start_database_logger(db, batch_size=1, debounce_time=0, max_queue_bytes=35_000)
+    sender.send(big[0])
+    await writing(db)
+    for entry in big[1:]:
+        sender.send(entry)
+    stats = sender.stats()
+    assert stats.sent == 3  # three 10 KB entries fit in 35,000 bytes, the fourth does not
+    assert stats.dropped_by_reason["queue_full"] == 7
+    assert 30_000 < stats.queued_bytes <= 35_000
+    db.open.set()
+    final = await sender.aclose()
+    assert db.entries == big[:3]
+    assert final.queued_bytes == 0
+
+
+async def test_one_entry_larger_than_max_queue_bytes_still_goes_into_an_empty_queue() -> None:
+    db = MemoryDatabase()
+    sender, _ = start_database_logger(db, batch_size=10, debounce_time=0, max_queue_bytes=1024)
+    huge = EventPayload(type="huge", data={"text": "y" * 5000})
+    sender.send(huge)
+    await sender.aclose()
+    assert db.entries == [huge]
