@@ -264,8 +264,7 @@ class LogSender:
                 # The deadline is spent: no flushing on the way out.
                 self._close_timeout = 0.0
                 task.cancel(_NO_FLUSH)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait([task])  # a cancel of our caller still propagates
         return self.stats()
 
     @property
@@ -348,14 +347,38 @@ class LogSender:
 
     def _fits(self, count: int, size: int) -> bool:
         """Whether ``count`` more entries of ``size`` bytes fit the bounds (under the
-        lock). One entry larger than ``max_queue_bytes`` still goes into an empty queue."""
+        lock). A message larger than a bound still goes into an empty queue (else it could
+        never go in, and a blocked sender would wait forever)."""
         max_queue = self._max_queue
-        if max_queue is not None and self._sent + self._replayed - self._resolved + count > (
-            max_queue
-        ):
+        waiting = self._sent + self._replayed - self._resolved
+        if max_queue is not None and waiting and waiting + count > max_queue:
             return False
         max_bytes = self._max_bytes
         return max_bytes is None or not self._queued_bytes or self._queued_bytes + size <= max_bytes
+
+    def _room_by_evicting(self, count: int, size: int) -> int | None:
+        """How many of the oldest queued entries must go for ``count`` entries of
+        ``size`` bytes to fit; None if even all of them would not make room."""
+        waiting = self._sent + self._replayed - self._resolved
+        queued_bytes = self._queued_bytes
+        evict = 0
+        for oldest in (None, *self._queue):
+            if oldest is not None:
+                evict += 1
+                waiting -= 1
+                if self._max_bytes is not None:
+                    queued_bytes -= _size_of(oldest)
+            entries_fit = (
+                self._max_queue is None or not waiting or (waiting + count <= self._max_queue)
+            )
+            bytes_fit = (
+                self._max_bytes is None
+                or queued_bytes <= 0
+                or queued_bytes + size <= self._max_bytes
+            )
+            if entries_fit and bytes_fit:
+                return evict
+        return None
 
     def _send_slow(
         self,
@@ -373,18 +396,19 @@ class LogSender:
             elif self._overflow == "drop_newest":
                 reason = "queue_full"
             elif self._overflow == "drop_oldest":
-                evicted = 0
-                while self._queue and not self._fits(count, size):
-                    oldest = self._queue.popleft()
-                    evicted += 1
-                    self._resolved += 1
-                    if self._max_bytes is not None:
-                        self._queued_bytes = max(0, self._queued_bytes - _size_of(oldest))
-                self._dropped["evicted"] += evicted
-                if self._fits(count, size):
-                    wake = self._enqueue(entry, message, count, size)
-                else:  # the rest are being written: the new entries go
+                evict = self._room_by_evicting(count, size)
+                if evict is None:  # the rest are being written: the new entries go
                     reason = "queue_full"
+                else:
+                    freed = 0
+                    for _ in range(evict):
+                        oldest = self._queue.popleft()
+                        if self._max_bytes is not None:
+                            freed += _size_of(oldest)
+                    self._dropped["evicted"] += evict
+                    self._resolved += evict
+                    self._queued_bytes = max(0, self._queued_bytes - freed)
+                    wake = self._enqueue(entry, message, count, size)
             elif threading.get_ident() == self._loop_thread:
                 # "block" on the loop's own thread would deadlock the loop: accept.
                 wake = self._enqueue(entry, message, count, size)
@@ -468,7 +492,9 @@ class LogSender:
         self, entries: Sequence[ProxyLogEntry], first_time: float, *, replayed: bool
     ) -> None:
         """The spool task passes entries on to the writer (on the loop's thread)."""
+        added = self._bytes_of(entries) if replayed else 0
         with self._lock:
+            self._queued_bytes += added
             if not self._ready:
                 self._ready_time = first_time
             self._ready.extend(entries)
@@ -536,6 +562,11 @@ class LogSender:
                     self._failed += count
             if ok or self._spool is None:  # with a spool, unwritten entries stay there
                 self._resolve(count, freed)
+
+    def _record_failed(self, count: int) -> None:
+        with self._lock:
+            self._failed += count
+            self._resolve(count)
 
     def _record_batch_failed(self) -> None:
         with self._lock:

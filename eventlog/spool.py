@@ -48,7 +48,6 @@ DEFAULT_WINDOW: Final = 10_000
 """Entries held in memory between the spool and the commit when ``max_queue`` is unset."""
 SEGMENT_BYTES: Final = 16 << 20
 _SUFFIX: Final = ".spool"
-_READ_CHUNK: Final = 1 << 20
 
 
 class _Segment:
@@ -58,6 +57,7 @@ class _Segment:
     __slots__ = (
         "adopted",
         "assigned",
+        "failed",
         "file",
         "path",
         "ranges",
@@ -79,11 +79,13 @@ class _Segment:
         self.ranges: list[list[int]] = []  # [start, count] of its records' positions
         self.assigned = 0
         self.resolved = 0
+        self.failed = False  # could not be read back: kept for the next logger
 
     @property
     def deletable(self) -> bool:
         return (
             self.sealed
+            and not self.failed
             and self.read_done
             and self.resolved == self.assigned
             and (self.adopted or self.assigned == self.records)
@@ -121,6 +123,10 @@ class Spool:
         self.pending = 0  # records in the spool not committed yet (known of)
         self.corrupt = 0
         self.finished = False  # closed, and nothing more will be handed over
+        # Entries that could not be spooled: held behind a backlog, and the positions
+        # they were handed over at.
+        self._held: list[tuple[Sequence[ProxyLogEntry], float]] = []
+        self._unspooled_ranges: list[tuple[int, int]] = []
         self._room = asyncio.Event()  # the writer settled entries: room in memory
         self._notify: Callable[[], None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="eventlog-spool")
@@ -175,22 +181,40 @@ class Spool:
                     await self._append(loop, sender, entries, first_time)
                 await self._read_backlog(loop, sender)
                 if self._dirty and self._clock() - self._last_fsync >= self._fsync_interval:
-                    await loop.run_in_executor(self._executor, self._fsync)
+                    await self._sync(loop)
                 if sender.closed and not sender._queue:
                     if self._backlog is None or time_left() <= 0:
-                        await loop.run_in_executor(self._executor, self._fsync)
+                        await self._sync(loop)
                         return
                     if self._in_memory >= self._window:
                         self._room.clear()
                         await self._room.wait()
                     continue
+                if self._backlog is not None and self._in_memory < self._window:
+                    continue  # the writer made room while this task was busy
                 delay = None
                 if self._dirty:
                     delay = self._last_fsync + self._fsync_interval - self._clock()
                 await sender._wait_for_spool_work(delay)
         finally:
+            # Whatever send() queued and this task did not spool (it was cancelled, or
+            # the disk failed) still goes to the writer, in order, behind the rest.
+            left, first_time = sender._take_for_spool()
+            if left:
+                self._unspooled(sender, left, first_time)
+            for held, held_time in self._held:
+                self._hand_over_unspooled(sender, held, held_time)
+            self._held.clear()
             self.finished = True
             sender._wake()
+
+    async def _sync(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            await loop.run_in_executor(self._executor, self._fsync)
+        except OSError as err:
+            self._dirty = False
+            self._last_fsync = self._clock()
+            logger.error("eventlog: fsync of the spool in %s failed: %s", self.folder, err)
 
     async def _append(
         self,
@@ -213,25 +237,53 @@ class Spool:
             if self._current is not None:  # it may end in a torn record: start anew
                 self._current.sealed = True
                 self._current = None
-            self._in_memory += len(entries)
-            self._next += len(entries)  # positions no segment holds: settle() skips them
-            self.pending += len(entries)
-            sender._hand_over(entries, first_time, replayed=False)
+            self._unspooled(sender, entries, first_time)
             return
         self.pending += len(entries)
         if self._backlog is None and self._in_memory + len(entries) <= self._window:
             self._assign(segment, len(entries))
             sender._hand_over(entries, first_time, replayed=False)
-        elif self._backlog is None:
+            return
+        segment.read_done = False  # these records reach the writer by being read back
+        if self._backlog is None:
             self._backlog = (segment, offset)  # memory is full: the rest waits on disk
+
+    def _unspooled(
+        self, sender: LogSender, entries: Sequence[ProxyLogEntry], first_time: float
+    ) -> None:
+        """Entries that are not on disk: to the writer now, or, behind a backlog on
+        disk, once that is read (so that they keep their place in the order)."""
+        if self._backlog is not None and not self.finished:
+            self._held.append((entries, first_time))
+        else:
+            self._hand_over_unspooled(sender, entries, first_time)
+
+    def _hand_over_unspooled(
+        self, sender: LogSender, entries: Sequence[ProxyLogEntry], first_time: float
+    ) -> None:
+        self._in_memory += len(entries)
+        self._unspooled_ranges.append((self._next, len(entries)))
+        self._next += len(entries)
+        self.pending += len(entries)
+        sender._hand_over(entries, first_time, replayed=False)
 
     async def _read_backlog(self, loop: asyncio.AbstractEventLoop, sender: LogSender) -> None:
         while self._backlog is not None and self._in_memory < self._window:
             segment, offset = self._backlog
             room = self._window - self._in_memory
-            entries, end, bad = await loop.run_in_executor(
-                self._executor, _read_records, segment.path, offset, room
-            )
+            try:
+                entries, end, bad = await loop.run_in_executor(
+                    self._executor, _read_records, segment.path, offset, room
+                )
+            except OSError as err:
+                # Left on disk for the next start; the entries after it go on.
+                logger.error(
+                    "eventlog: could not read spool file %s: %s; it is kept for the next start",
+                    segment.path,
+                    err,
+                )
+                entries, end, bad = [], None, 0
+                segment.failed = True  # never deleted by this logger
             if bad:
                 self.corrupt += bad
                 logger.warning(
@@ -249,11 +301,14 @@ class Spool:
                 continue
             # The end of this segment: on to the next, or caught up with the writing.
             segment.read_done = True
-            index = self._segments.index(segment)
-            if segment is self._current or index + 1 >= len(self._segments):
+            later = self._segments[self._segments.index(segment) + 1 :]
+            if segment is self._current or not later:
                 self._backlog = None
+                for held, held_time in self._held:
+                    self._hand_over_unspooled(sender, held, held_time)
+                self._held.clear()
             else:
-                self._backlog = (self._segments[index + 1], 0)
+                self._backlog = (later[0], 0)
             self._delete_done()
 
     def _assign(self, segment: _Segment, count: int) -> None:
@@ -268,13 +323,19 @@ class Spool:
 
     # -- the writer's side ---------------------------------------------------------------
 
-    def settle(self, start: int, count: int, *, committed: bool) -> None:
+    def settle(self, start: int, count: int, *, committed: bool) -> int:
         """The writer is done with positions ``start .. start + count - 1``: committed
-        (or dead-lettered) ones leave the spool; the others stay for the next start."""
+        (or dead-lettered) ones leave the spool; the others stay for the next start.
+        Returns how many of the others were never spooled (so they are lost)."""
         self._in_memory -= count
+        end = start + count
+        unspooled = 0
+        for first, size in self._unspooled_ranges:
+            unspooled += max(0, min(end, first + size) - max(start, first))
+        if not committed:
+            self.pending -= unspooled
         if committed:
             self.pending -= count
-            end = start + count
             for segment in self._segments:
                 for first, assigned in segment.ranges:
                     low, high = max(start, first), min(end, first + assigned)
@@ -285,6 +346,7 @@ class Spool:
             self._room.set()
             if self._notify is not None:
                 self._notify()
+        return 0 if committed else unspooled
 
     def _delete_done(self) -> None:
         done = [s for s in self._segments if s.deletable]
@@ -295,7 +357,9 @@ class Spool:
             segment.file.close()
 
     def close(self) -> None:
-        """Release the files: what is not committed stays for the next logger."""
+        """Release the files: what is not committed stays for the next logger. Waits for
+        a write still under way in the spool's thread (a cancelled task leaves one)."""
+        self._executor.shutdown(wait=True)
         for segment in self._segments:
             segment.sealed = True
         self._delete_done()
@@ -306,7 +370,6 @@ class Spool:
             segment.file.close()
         self._segments = []
         self._current = None
-        self._executor.shutdown(wait=False)
 
     # -- in the spool's thread -----------------------------------------------------------
 
@@ -367,7 +430,7 @@ def _read_records(
     with path.open("rb") as file:
         file.seek(offset)
         while len(entries) < limit:
-            line = file.readline(_READ_CHUNK * 64)
+            line = file.readline()
             if not line:
                 return entries, None, bad
             if not line.endswith(b"\n"):

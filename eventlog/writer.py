@@ -155,7 +155,14 @@ def start_database_logger(
     clock = clock or time.monotonic
     spool: Spool | None = None
     if spool_dir is not None:
-        window = max_queue if max_queue is not None and overflow == "spill" else DEFAULT_WINDOW
+        # Memory between the spool and the commit; with a bound, within it (replayed
+        # entries count against max_queue as soon as they are in memory).
+        if max_queue is None:
+            window = DEFAULT_WINDOW
+        elif overflow == "spill":
+            window = max_queue
+        else:
+            window = min(max_queue, DEFAULT_WINDOW)
         spool = Spool(
             spool_dir,
             fsync_interval=float(spool_fsync_interval),
@@ -305,6 +312,11 @@ async def _loop(sender: LogSender, state: _State, config: _Config, writes: _Writ
             continue
         waited = clock() - arrivals[0].time
         if len(pending) >= batch_size or closed or waited >= debounce:
+            if not writes.has_slot():
+                # Wait with the batch still pending: a cancellation meanwhile leaves it
+                # for the flush after it.
+                await writes.wait_for_slot()
+                continue
             count = min(batch_size, len(pending))
             batch = [pending.popleft() for _ in range(count)]
             start = state.consumed
@@ -371,11 +383,16 @@ class _Writes:
         self._tasks: dict[asyncio.Task[None], float] = {}  # write -> clock() of its oldest
         self._ordered: asyncio.Task[None] | None = None
 
-    async def start(self, batch: list[ProxyLogEntry], start: int, oldest: float) -> None:
-        """Start writing ``batch``; returns once it is under way (or, one write at a
-        time, done)."""
+    def has_slot(self) -> bool:
+        return len(self._tasks) < self._limit
+
+    async def wait_for_slot(self) -> None:
         while len(self._tasks) >= self._limit:
-            await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(list(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+
+    async def start(self, batch: list[ProxyLogEntry], start: int, oldest: float) -> None:
+        """Start writing ``batch`` (a slot is free); returns once it is under way (or,
+        one write at a time, done)."""
         ordered = self._limit > 1 and any(type(entry) not in _ROW_TYPES for entry in batch)
         task = asyncio.get_running_loop().create_task(
             self._write(batch, start, self._ordered if ordered else None)
@@ -427,11 +444,14 @@ class _Writes:
         else:
             # Refused: find the entries the database will not take, write the others.
             self._refused.add(len(batch), error)
-            letters: list[tuple[ProxyLogEntry, Exception]] = []
+            letters: list[tuple[ProxyLogEntry, Exception, int]] = []
             await self._isolate(batch, start, error, letters, known_bad=True)
             self._sender._record_batch_failed()
             if letters:
                 await self._set_aside(letters, uuid7(), len(batch))
+                if self._spool is not None:  # only once stored (or logged)
+                    for _, _, position in letters:
+                        self._spool.settle(position, 1, committed=True)
 
     async def _attempt(self, batch: list[ProxyLogEntry]) -> Exception | None:
         """Write ``batch``, retrying transient failures; None when written, else the
@@ -464,7 +484,7 @@ class _Writes:
         entries: list[ProxyLogEntry],
         start: int,
         error: Exception,
-        letters: list[tuple[ProxyLogEntry, Exception]],
+        letters: list[tuple[ProxyLogEntry, Exception, int]],
         *,
         known_bad: bool,
     ) -> None:
@@ -482,9 +502,7 @@ class _Writes:
                 return
             error = outcome
         if len(entries) == 1:
-            letters.append((entries[0], error))
-            if self._spool is not None:
-                self._spool.settle(start, 1, committed=True)
+            letters.append((entries[0], error, start))
             return
         middle = len(entries) // 2
         first, second = entries[:middle], entries[middle:]
@@ -502,20 +520,22 @@ class _Writes:
     def _gave_up(self, entries: list[ProxyLogEntry], start: int, error: Exception) -> None:
         self._sender._record_write(len(entries), ok=False, entries=entries)
         if self._spool is not None:
-            self._spool.settle(start, len(entries), committed=False)
+            lost = self._spool.settle(start, len(entries), committed=False)
+            if lost:  # never spooled (the disk failed): nowhere left to keep them
+                self._sender._record_failed(lost)
         self._failures.add(len(entries), error)
 
     async def _set_aside(
-        self, refused: list[tuple[ProxyLogEntry, Exception]], batch_id: uuid.UUID, size: int
+        self, refused: list[tuple[ProxyLogEntry, Exception, int]], batch_id: uuid.UUID, size: int
     ) -> None:
         """Store refused entries as dead letters: in the table, else in a JSONL file,
         else (no folder, or it failed too) in the log, with their content."""
         from eventlog.deadletters import DeadLetter, write_dead_letter_file
 
-        refused_entries = [entry for entry, _ in refused]
+        refused_entries = [entry for entry, _, _ in refused]
         letters = [
             DeadLetter(entry=entry, error=_describe(err), batch_id=batch_id, batch_size=size)
-            for entry, err in refused
+            for entry, err, _ in refused
         ]
         store = getattr(self._db, "write_dead_letters", None)
         failure: Exception | None = None

@@ -266,3 +266,80 @@ async def test_one_entry_larger_than_max_queue_bytes_still_goes_into_an_empty_qu
     sender.send(huge)
     await sender.aclose()
     assert db.entries == [huge]
+
+
+async def test_a_message_larger_than_max_queue_goes_into_an_empty_queue_even_blocking() -> None:
+    db = MemoryDatabase()
+    sender, _ = start_database_logger(
+        db, batch_size=10, debounce_time=0, max_queue=3, overflow="block"
+    )
+    message = events(8)
+    await asyncio.wait_for(asyncio.to_thread(sender.send, message), 10)
+    await asyncio.wait_for(sender.send_async(events(5, "async")), 10)
+    await sender.aclose()
+    assert len(db.entries) == 13
+
+
+async def test_drop_oldest_evicts_nothing_when_that_would_not_make_room() -> None:
+    db = Gated()
+    sender, _ = start_database_logger(
+        db, batch_size=10, debounce_time=0, max_queue=10, overflow="drop_oldest"
+    )
+    sent = events(10)
+    sender.send(sent)  # all ten are being written: nothing queued can make room
+    await writing(db)
+    sender.send(events(5, "late"))
+    stats = sender.stats()
+    assert stats.dropped_by_reason["evicted"] == 0
+    assert stats.dropped_by_reason["queue_full"] == 5
+    db.open.set()
+    await sender.aclose()
+    assert db.entries == sent
+
+
+async def test_aclose_lets_a_cancellation_of_its_caller_through() -> None:
+    class Hanging(MemoryDatabase):
+        async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
+            await asyncio.Event().wait()
+
+    sender, task = start_database_logger(Hanging(), batch_size=1, debounce_time=0)
+    sender.send(events(1))
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await sender.aclose()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_cancelling_while_a_batch_waits_for_a_write_slot_loses_none_of_it() -> None:
+    class Flaky(MemoryDatabase):
+        concurrent_writes = 2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = True
+            self.attempts = 0
+
+        async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> None:
+            self.attempts += 1
+            await asyncio.sleep(0)
+            if self.down:
+                raise ConnectionRefusedError("down")
+            await super().write_log_batch(entries)
+
+    db = Flaky()
+    sender, task = start_database_logger(
+        db, batch_size=10, debounce_time=0, retry_base_delay=0.01, retry_max_delay=0.01
+    )
+    sent = events(50)
+    sender.send(sent)
+    async with asyncio.timeout(10):
+        while db.attempts < 4:  # noqa: ASYNC110 - both slots busy retrying
+            await asyncio.sleep(0.001)
+    db.down = False
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sorted(e.type for e in db.entries) == sorted(e.type for e in sent)
+    assert sender.stats().failed == 0

@@ -252,3 +252,26 @@ async def test_sigkill_loses_nothing_sent_more_than_one_fsync_interval_before(
     async with db.engine.connect() as conn:
         count = (await conn.execute(select(func.count()).select_from(chronicle_events))).scalar()
     assert count == len(ids)
+
+
+async def test_spill_reads_the_backlog_back_while_the_application_is_idle(
+    tmp_path: Path,
+) -> None:
+    db = MemoryDatabase()
+    sender, _ = start_database_logger(
+        db,
+        batch_size=5,
+        debounce_time=0,
+        max_queue=5,
+        overflow="spill",
+        spool_dir=tmp_path / "spool",
+    )
+    sent = [EventPayload(type="idle", data={"i": i}) for i in range(50)]
+    for entry in sent:
+        sender.send(entry)
+    # Nothing else is sent: the writer's progress alone must pull the rest from disk.
+    async with asyncio.timeout(20):
+        while len(db.entries) < 50:  # noqa: ASYNC110 - no event to wait on
+            await asyncio.sleep(0.01)
+    await sender.aclose()
+    assert db.entries == sent
