@@ -1,4 +1,5 @@
-"""The ``eventlog`` command: ``demo``, ``migrate``, ``dead-letters``, ``bench``, ``--version``.
+"""The ``eventlog`` command: ``demo``, ``migrate``, ``dead-letters``, ``serve``, ``bench``,
+``--version``.
 
 Exit status: 0 done; 1 the database failed (or refused entries); 2 bad usage (arguments,
 database URL, migration revision); 130 interrupted with Ctrl-C. The expected failures
@@ -73,6 +74,26 @@ def _non_negative_int(value: str) -> int:
     if value.strip() in ("0", "-0"):
         return 0
     return _positive_int(value)
+
+
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {value!r}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be seconds >= 0, got {value!r}")
+    return number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,6 +186,63 @@ def _parser() -> argparse.ArgumentParser:
         help="print one JSON object per dead letter instead of a table",
     )
     dead_letters.set_defaults(handler=_dead_letters)
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[database],
+        help="run the collector: take events over HTTP and log them to the database",
+        description="Migrate the database, then take chronicle's events (POST /event, "
+        "/events), LLM calls and FastChat's flat objects (POST /log) over HTTP and log "
+        "them in batches. SIGTERM or Ctrl-C: stop accepting, write everything "
+        "acknowledged, exit 0 (1 if some of it could not be written).",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=9782,
+        help="port to listen on; 0 picks a free one (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--token",
+        help="bearer token every route but GET /healthz requires (default: "
+        "$EVENTLOG_API_TOKEN; without either, no token is asked)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=10 << 20,
+        metavar="N",
+        help="largest request body; larger ones get 413 (default: %(default)s, 10 MiB)",
+    )
+    serve.add_argument(
+        "--batch-size", type=_positive_int, default=100, metavar="N", help="(default: 100)"
+    )
+    serve.add_argument(
+        "--debounce-time",
+        type=_seconds,
+        default=0.1,
+        metavar="SECONDS",
+        help="longest wait of an entry before its batch is written (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=_non_negative_int,
+        default=100_000,
+        metavar="N",
+        help="entries accepted and not yet written; past it requests get 503 and clients "
+        "retry (default: %(default)s; 0: no bound)",
+    )
+    serve.add_argument(
+        "--spool-dir",
+        type=Path,
+        metavar="FOLDER",
+        help="keep every accepted entry on disk until written, so a crash loses none",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(handler=_serve)
 
     bench = commands.add_parser(
         "bench",
@@ -391,6 +469,67 @@ def _dead_letter_table(letters: Sequence[StoredDeadLetter]) -> Table:
             escape(error),
         )
     return table
+
+
+# -- eventlog serve -----------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace, url: str) -> int:
+    from eventlog import server  # starlette, uvicorn and prometheus-client: only here
+
+    prog = "eventlog serve"
+    token = args.token if args.token is not None else os.environ.get(server.TOKEN_ENV) or None
+    options: dict[str, Any] = {} if args.spool_dir is None else {"spool_dir": args.spool_dir}
+    sock = server.bind_socket(args.host, args.port)  # a port in use: one line, exit 1
+    try:
+        db = await open_database(url, migrate=True)
+        try:
+            try:
+                app = server.create_app(
+                    db=db,
+                    token=token,
+                    max_body_bytes=args.max_body_bytes,
+                    batch_size=args.batch_size,
+                    debounce_time=args.debounce_time,
+                    max_queue=args.max_queue or None,
+                    **options,
+                )
+            except ValueError as err:
+                raise _UsageError(str(err)) from err
+            host, port = sock.getsockname()[:2]
+            where = f"[{host}]" if ":" in host else host
+            auth = "bearer token required" if token else "no token required"
+            print(f"{prog}: listening on http://{where}:{port} ({auth}), writing to {db.url}")
+            sys.stdout.flush()
+            if token is None and not server.is_loopback(args.host):
+                print(
+                    f"{prog}: warning: no token (--token or ${server.TOKEN_ENV}), and "
+                    f"{args.host} is reachable from other machines: anyone there can log",
+                    file=sys.stderr,
+                )
+            try:
+                stats = await server.serve(app, sock, access_log=args.access_log)
+            except RuntimeError as err:
+                print(f"{prog}: error: {err}", file=sys.stderr)
+                return 1
+        finally:
+            await db.close()
+    finally:
+        sock.close()
+    if stats is None:
+        return 0
+    summary = f"{prog}: stopped; {stats.written} entries written"
+    if stats.spooled:
+        summary += f", {stats.spooled} kept in the spool for the next start"
+    print(summary)
+    if stats.failed:
+        print(
+            f"{prog}: error: {stats.failed} acknowledged entries could not be written "
+            "(the database stayed away past the close timeout)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 # -- eventlog bench -----------------------------------------------------------------------
