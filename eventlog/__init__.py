@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from eventlog.background import BackgroundLogger, start_background_logger
 from eventlog.channel import LogSender
+from eventlog.connect import LogClient, connect
 from eventlog.database import Database, ProxyDatabase, open_database
 from eventlog.deadletters import (
     DeadLetter,
@@ -43,6 +44,7 @@ from eventlog.exceptions import (
     MigrationError,
 )
 from eventlog.parse import parse_event
+from eventlog.remote import HttpLogSender
 from eventlog.stats import LoggerStats
 from eventlog.writer import start_database_logger
 
@@ -53,8 +55,10 @@ __all__ = [
     "DeadLetter",
     "EventLogError",
     "EventPayload",
+    "HttpLogSender",
     "InternalMetadata",
     "InvalidEventError",
+    "LogClient",
     "LogSender",
     "LoggerStats",
     "MigrationError",
@@ -72,6 +76,7 @@ __all__ = [
     "StoredDeadLetter",
     "WorkflowEvent",
     "__version__",
+    "connect",
     "list_dead_letters",
     "open_database",
     "parse_event",

@@ -81,7 +81,7 @@ def _time(value: Any, where: str) -> datetime:
         text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
         try:
             return to_utc(datetime.fromisoformat(text))
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an offset past year 1 or 9999
             pass
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         # Unix time: seconds, or milliseconds as JavaScript's Date.now() gives.
@@ -272,6 +272,9 @@ def _bool(value: Any, where: str) -> bool:
 
 
 def _int(value: Any, where: str) -> int:
+    # JSON has one number type: 3.0 is the integer 3 (JSON Schema says so too).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidEventError(where, f"must be an integer, got {_show(value)}")
     return value

@@ -29,8 +29,12 @@ CONTRACT = {
     "start_background_logger",
     "list_dead_letters",
     "retry_dead_letters",
+    # the collector's clients (issue 5)
+    "connect",
+    "HttpLogSender",
 }
 EXTRAS = {
+    "LogClient",
     "DeadLetter",
     "RetryResult",
     "StoredDeadLetter",
