@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Any
 
-__all__ = ["in_own_logging", "logger"]
+__all__ = ["in_own_logging", "logger", "mark_own_logging_thread"]
 
 _local = threading.local()
 
@@ -20,6 +20,12 @@ _local = threading.local()
 def in_own_logging() -> bool:
     """Whether this thread is inside one of eventlog's own logging calls."""
     return getattr(_local, "active", False)
+
+
+def mark_own_logging_thread() -> None:
+    """Treat everything logged on this thread (one of eventlog's own) as eventlog's: the
+    libraries it calls (httpx) log too, and must not loop back either."""
+    _local.active = True
 
 
 class _GuardedLogger(logging.LoggerAdapter[logging.Logger]):

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import email.utils
 import enum
 import json
 import math
@@ -56,12 +57,13 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, Self, TypedDict, Unpack
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from eventlog._log import in_own_logging, logger
+from eventlog._log import in_own_logging, logger, mark_own_logging_thread
 from eventlog.channel import _as_message
 from eventlog.events import ENTRY_TYPES, ProxyLogEntry
 from eventlog.exceptions import InvalidEventError
@@ -140,7 +142,7 @@ class ClientOptions(TypedDict, total=False):
 
 _NEVER: Final = math.inf
 # os.fork() waits at most this long for the clients' threads to be between requests.
-_FORK_WAIT: Final = 10.0
+_FORK_WAIT: Final = 0.5  # the child drops the parent's client anyway
 # close(timeout) waits this much longer for a request under way to time out.
 _CLOSE_SLACK: Final = 1.0
 _LATENCY_WINDOW: Final = 1000
@@ -294,6 +296,11 @@ def _check_url(name: str, url: object) -> str:
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{name} must be an http:// or https:// URL, got {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range
+        httpx.URL(url)  # type: ignore[arg-type]
+    except (ValueError, httpx.InvalidURL) as err:
+        raise ValueError(f"{name} is not a valid URL ({err}), got {url!r}") from None
     return url  # type: ignore[return-value]
 
 
@@ -323,8 +330,10 @@ def _settings(
     token = given["token"]
     overflow = given["overflow"]
     timeout = given["timeout"]
-    if token is not None and (not isinstance(token, str) or not token or "\n" in token):
-        raise ValueError("token must be a non-empty string of one line, or None")
+    if token is not None and (
+        not isinstance(token, str) or not token or not token.isascii() or not token.isprintable()
+    ):
+        raise ValueError("token must be a non-empty string of printable ASCII, or None")
     if overflow not in ("drop_newest", "drop_oldest", "block"):
         raise ValueError(
             f"overflow must be one of drop_newest, drop_oldest, block, got {overflow!r}"
@@ -532,9 +541,14 @@ class _Worker:
     # -- the thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        # What this thread logs (httpx's own request lines included) must not come back
+        # through an application handler that routes logging into a logger: see _log.
+        mark_own_logging_thread()
         try:
             with self.gate:  # a fork waits: a child must not copy a half-made client
-                http = httpx.Client(timeout=self._s.timeout, headers=self._s.headers)
+                http = httpx.Client(
+                    timeout=self._s.timeout, headers=self._s.headers, follow_redirects=True
+                )
             with http:
                 while self._take():
                     self._post_one_batch(http)
@@ -583,7 +597,7 @@ class _Worker:
         for queued_at, payload in taken:
             try:
                 encoded = s.encode(payload)
-            except (TypeError, ValueError, RecursionError) as err:  # orjson's errors too
+            except Exception as err:  # orjson's errors, or an entry changed after send()
                 unencodable.append(f"{type(err).__name__}: {err}")
                 continue
             carry.append((queued_at, encoded))
@@ -630,7 +644,7 @@ class _Worker:
                         headers=headers,
                         timeout=min(self._s.timeout, budget),
                     )
-            except httpx.TransportError as err:  # refused, reset, timed out...
+            except httpx.HTTPError as err:  # refused, reset, timed out, a bad encoding...
                 problem = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
             else:
                 status = response.status_code
@@ -739,12 +753,19 @@ class _Worker:
 
 
 def _retry_after(response: httpx.Response) -> float:
-    """The collector's ``Retry-After`` in seconds (the number form, at most a minute),
-    else 0."""
+    """The collector's ``Retry-After`` in seconds (seconds, or an HTTP date; at most a
+    minute), else 0."""
+    value = response.headers.get("retry-after", "0")
     try:
-        seconds = float(response.headers.get("retry-after", "0"))
+        seconds = float(value)
     except ValueError:
-        return 0.0
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return 0.0
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
     return min(max(seconds, 0.0), _MAX_RETRY_AFTER) if math.isfinite(seconds) else 0.0
 
 
@@ -931,7 +952,9 @@ class RemoteLogger(_Client):
         super().__init__(_settings(url, batched=self._batched, encode=encode, options=options))
 
     def log(self, data: dict[str, Any]) -> None:
-        """Queue ``data`` (copied: later changes to the dict do not show) and return.
+        """Queue ``data`` and return. The dict itself is copied, its nested values are not:
+        they are serialised later on the client's thread, so do not change them after
+        ``log()`` (FastChat's logger behaves the same way).
 
         Never blocks and never raises: what cannot be sent is counted in
         ``stats().dropped_by_reason`` (``"invalid"`` for something not a dict).
@@ -973,8 +996,9 @@ def get_remote_logger() -> RemoteLogger | EmptyLogger:
 
     ``REMOTE_LOGGER_URL`` set: a :class:`RemoteLogger` for it (with
     ``REMOTE_LOGGER_TOKEN`` as its bearer token, if set); unset or empty: an
-    :class:`EmptyLogger`. Later calls return the same object, as FastChat's does.
-    ``ValueError`` for a URL that is not http(s).
+    :class:`EmptyLogger`. Later calls return the same object, as FastChat's does. A
+    URL that is not http(s) (or a bad token) is logged once as an error and gives an
+    :class:`EmptyLogger`: FastChat calls ``log()`` inside its request handlers.
     """
     global _global_logger
     found = _global_logger
@@ -983,11 +1007,16 @@ def get_remote_logger() -> RemoteLogger | EmptyLogger:
             found = _global_logger
             if found is None:
                 url = os.environ.get("REMOTE_LOGGER_URL")
+                found = EmptyLogger()
                 if url:
-                    _check_url("REMOTE_LOGGER_URL", url)
-                    found = RemoteLogger(url, token=os.environ.get("REMOTE_LOGGER_TOKEN") or None)
-                else:
-                    found = EmptyLogger()
+                    try:
+                        found = RemoteLogger(
+                            url, token=os.environ.get("REMOTE_LOGGER_TOKEN") or None
+                        )
+                    except ValueError as err:
+                        # log() must never raise in the application's handlers: say it
+                        # once, and log nothing.
+                        logger.error("eventlog: REMOTE_LOGGER_URL ignored: %s", err)
                 _global_logger = found
     return found
 

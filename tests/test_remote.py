@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import socket
 import subprocess
@@ -315,12 +316,20 @@ def test_remote_logger_url_is_read_once_and_the_logger_is_cached(
 
 
 @pytest.mark.usefixtures("fresh_global")
-def test_remote_logger_url_that_is_not_http_raises_naming_it(
-    monkeypatch: pytest.MonkeyPatch,
+def test_remote_logger_url_that_is_not_http_is_logged_once_and_logging_stays_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("REMOTE_LOGGER_URL", "ftp://example.invalid/log")
-    with pytest.raises(ValueError, match="REMOTE_LOGGER_URL must be an http"):
-        get_remote_logger()
+    # FastChat calls log() inside its request handlers: a bad setting must not raise there.
+    monkeypatch.setenv("REMOTE_LOGGER_URL", "localhost:9782/log")
+    with caplog.at_level(logging.ERROR, logger="eventlog"):
+        first = get_remote_logger()
+        second = get_remote_logger()
+    assert isinstance(first, EmptyLogger)
+    assert second is first
+    first.log({"type": "chat"})
+    errors = [r for r in caplog.records if "REMOTE_LOGGER_URL ignored" in r.getMessage()]
+    assert len(errors) == 1
+    assert "must be an http" in errors[0].getMessage()
 
 
 # -- FastChat's format ------------------------------------------------------------------
