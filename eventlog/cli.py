@@ -517,7 +517,8 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
     finally:
         sock.close()
     if stats is None:
-        return 0
+        print(f"{prog}: error: stopped without writing what was acknowledged", file=sys.stderr)
+        return 1
     summary = f"{prog}: stopped; {stats.written} entries written"
     if stats.spooled:
         summary += f", {stats.spooled} kept in the spool for the next start"

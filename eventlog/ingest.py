@@ -36,14 +36,19 @@ from eventlog.events import (
     RequestMetadata,
     RunStartEvent,
     RunUpdateEvent,
+    StepEndEvent,
+    StepErrorEvent,
+    StepStartEvent,
+    StepStateEvent,
     utc_now,
 )
 from eventlog.exceptions import InvalidEventError
 from eventlog.ids import uuid7
-from eventlog.parse import _kind, _time, parse_entry
+from eventlog.parse import LLM_EVENT_TYPE, _kind, _time, parse_entry
 
 __all__ = [
     "FASTCHAT_DEFAULT_TYPE",
+    "MAX_DEPTH",
     "BadRequest",
     "EventError",
     "HeaderMetadata",
@@ -53,6 +58,7 @@ __all__ = [
     "header_metadata",
     "idempotency_key",
     "load_json",
+    "too_deep",
     "parse_batch",
 ]
 
@@ -157,6 +163,8 @@ def _json_object(value: str, name: str) -> dict[str, Any]:
         parsed = None
     if not isinstance(parsed, dict):
         raise BadRequest(f"header {name} must be a JSON object, got {value!r}")
+    if too_deep(parsed):
+        raise BadRequest(f"header {name} nests deeper than {MAX_DEPTH} levels")
     return parsed
 
 
@@ -273,7 +281,11 @@ def parse_batch(
     entries: list[ProxyLogEntry] = []
     errors: list[EventError] = []
     for i, item in enumerate(items):
-        parsed = _parse(item, i if indexed else 0)
+        index = i if indexed else 0
+        if too_deep(item):
+            errors.append(EventError(index, "", f"nests deeper than {MAX_DEPTH} levels"))
+            continue
+        parsed = _parse(item, index)
         if isinstance(parsed, EventError):
             errors.append(parsed)
         elif not errors:
@@ -319,12 +331,49 @@ def _fastchat_time(obj: Mapping[str, Any]) -> datetime:
     return utc_now()
 
 
+_RESERVED: Final = frozenset(
+    {
+        RunStartEvent.TYPE,
+        RunUpdateEvent.TYPE,
+        StepStartEvent.TYPE,
+        StepEndEvent.TYPE,
+        StepErrorEvent.TYPE,
+        StepStateEvent.TYPE,
+        LLM_EVENT_TYPE,
+    }
+)
+
+
 def _fastchat_type(obj: Mapping[str, Any]) -> str:
     for key in ("type", "event"):
         value = obj.get(key)
         if isinstance(value, str) and value:
-            return value
+            # A flat object is a generic event: it may not pass for a run, a step or an
+            # LLM call by its type alone.
+            return FASTCHAT_DEFAULT_TYPE if value in _RESERVED else value
     return FASTCHAT_DEFAULT_TYPE
+
+
+MAX_DEPTH: Final = 512
+"""Nesting a request's JSON may have: deeper values cannot be written (the encoders
+recurse), so they are refused with a 422 instead of becoming dead letters."""
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests objects and arrays deeper than ``limit`` (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def fastchat_event(obj: Any, event_id: uuid.UUID | None = None) -> EventPayload:
@@ -338,6 +387,8 @@ def fastchat_event(obj: Any, event_id: uuid.UUID | None = None) -> EventPayload:
     if not isinstance(obj, dict):
         raise InvalidEvents([EventError(0, "", f"must be a JSON object, got {_kind(obj)}")])
     data = {key: _decoded(value) for key, value in obj.items()}
+    if too_deep(data):
+        raise InvalidEvents([EventError(0, "", f"nests deeper than {MAX_DEPTH} levels")])
     return EventPayload(
         id=event_id or uuid7(),
         type=_fastchat_type(obj),

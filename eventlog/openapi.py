@@ -293,11 +293,26 @@ def _post(summary: str, body: str, *, auth: bool, max_body_bytes: int) -> dict[s
         "400": _json("Error", "Not JSON, a bad `x-chronicle-*` header, or a bad `wait`."),
         "413": _json("Error", f"The body is larger than {max_body_bytes} bytes."),
         "415": _json("Error", "The body is not `application/json`."),
-        "422": _json("ValidationErrors", "Events failed validation; none was accepted."),
+        "422": {
+            "description": "Events failed validation; none was accepted. Or, with "
+            "`wait=true`, the database refused an event for good (set aside as a dead "
+            "letter) and the request's other events are written: do not retry.",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/ValidationErrors"},
+                            {"$ref": "#/components/schemas/Error"},
+                        ]
+                    }
+                }
+            },
+        },
         "503": _json(
             "Error",
             "Not accepted (the queue is full, the collector is stopping), or with "
-            "`wait=true` not committed in time; retrying is safe.",
+            "`wait=true` not committed in time (they stay queued; to send them again "
+            "without duplicates, give each event its id from `ids`).",
         ),
     }
     if auth:

@@ -34,6 +34,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import asdict
 from datetime import timedelta
@@ -339,18 +340,26 @@ class _Collector:
             raise _Refused(503, "the queue is full (max_queue_bytes)")
         return ack
 
-    async def committed(self, ack: _Ack) -> str | None:
-        """None once the entries are committed, else why they are not (in time)."""
+    async def committed(self, ack: _Ack) -> tuple[int, str] | None:
+        """None once the entries are committed, else (status, why not)."""
         assert self.commits is not None
         try:
-            return await asyncio.wait_for(asyncio.shield(ack.future), self._wait_timeout)
+            refused = await asyncio.wait_for(asyncio.shield(ack.future), self._wait_timeout)
         except TimeoutError:
             return (
+                503,
                 f"not committed within {self._wait_timeout:g} s (the database is slow or "
-                "away); they stay queued, and sending them again is safe"
+                "away); they stay queued and will be written. To send them again without "
+                "duplicates, give each event its id from `ids` (for /log: the "
+                "Idempotency-Key header)",
             )
         finally:
             self.commits.forget(ack)
+        if refused is None:
+            return None
+        # Refused for good: the request's other events are committed; a retry would
+        # duplicate them and be refused again. Not a 5xx: nothing to retry.
+        return 422, f"{refused}; the request's other events are written"
 
     async def health(self, request: Request) -> Response:
         """``GET /healthz``: 200 when the database answers and the logger runs."""
@@ -411,12 +420,25 @@ class _Ack:
 class _Commits:
     """The database as the collector's writer sees it: every batch it commits settles
     the waiting requests' entries that it holds; an entry refused for good (set aside as
-    a dead letter) fails its request. Entries are matched by identity: the writer hands
-    the database the very objects the request sent."""
+    a dead letter) fails its request. Entries are matched by kind and id, then by
+    identity or, for an entry read back from the spool (a copy), by equality."""
 
     def __init__(self, db: ProxyDatabase) -> None:
         self._db = db
-        self._waiting: dict[int, tuple[ProxyLogEntry, _Ack]] = {}
+        self._waiting: dict[tuple[type, uuid.UUID], list[tuple[ProxyLogEntry, _Ack]]] = {}
+
+    def _pop(self, entry: ProxyLogEntry) -> _Ack | None:
+        key = (type(entry), entry_id(entry))
+        candidates = self._waiting.get(key)
+        if not candidates:
+            return None
+        for i, (waiting, ack) in enumerate(candidates):
+            if waiting is entry or waiting == entry:
+                del candidates[i]
+                if not candidates:
+                    del self._waiting[key]
+                return ack
+        return None
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._db, name)  # concurrent_writes, engine, dialect, ...
@@ -427,11 +449,10 @@ class _Commits:
     async def write_log_batch(self, entries: Sequence[ProxyLogEntry]) -> int | None:
         repaired = await self._db.write_log_batch(entries)
         if self._waiting:
-            waiting = self._waiting
             for entry in entries:
-                item = waiting.pop(id(entry), None)
-                if item is not None:
-                    item[1].settle(None)
+                ack = self._pop(entry)
+                if ack is not None:
+                    ack.settle(None)
         return repaired
 
     def _through_dead_letters(
@@ -439,9 +460,9 @@ class _Commits:
     ) -> Callable[[Sequence[DeadLetter]], Awaitable[None]]:
         async def write_dead_letters(letters: Sequence[DeadLetter]) -> None:
             for letter in letters:
-                item = self._waiting.pop(id(letter.entry), None)
-                if item is not None:
-                    item[1].settle(f"refused by the database: {letter.error}")
+                ack = self._pop(letter.entry)
+                if ack is not None:
+                    ack.settle(f"refused by the database: {letter.error}")
             await store(letters)
 
         return write_dead_letters
@@ -449,20 +470,25 @@ class _Commits:
     def track(self, entries: list[ProxyLogEntry]) -> _Ack:
         ack = _Ack(entries)
         for entry in entries:
-            self._waiting[id(entry)] = (entry, ack)
+            key = (type(entry), entry_id(entry))
+            self._waiting.setdefault(key, []).append((entry, ack))
         return ack
 
     def forget(self, ack: _Ack) -> None:
         """Stop tracking ``ack``'s entries (answered, timed out, or the client left)."""
         for entry in ack.entries:
-            item = self._waiting.get(id(entry))
-            if item is not None and item[1] is ack:
-                del self._waiting[id(entry)]
+            key = (type(entry), entry_id(entry))
+            candidates = self._waiting.get(key)
+            if candidates:
+                candidates[:] = [item for item in candidates if item[1] is not ack]
+                if not candidates:
+                    del self._waiting[key]
 
     def fail_all(self, reason: str) -> None:
         waiting, self._waiting = self._waiting, {}
-        for _, ack in waiting.values():
-            ack.settle(reason)
+        for candidates in waiting.values():
+            for _, ack in candidates:
+                ack.settle(reason)
 
 
 # -- requests --------------------------------------------------------------------------
@@ -594,7 +620,8 @@ def _ingest_endpoint(
         problem = await collector.committed(ack)
         if problem is None:
             return _json(201, {"ids": ids})
-        return _json(503, {"error": problem, "ids": ids}, _RETRY_AFTER)
+        status, why = problem
+        return _json(status, {"error": why, "ids": ids}, _RETRY_AFTER if status == 503 else None)
 
     return endpoint
 
@@ -709,6 +736,10 @@ async def serve(
     if not server.started:
         raise RuntimeError("the collector did not start (see the messages above)")
     collector: _Collector = app.state.collector
+    if collector.final_stats is None and collector.sender is not None:
+        # A second signal makes uvicorn skip the lifespan's shutdown: what was
+        # acknowledged must still be written before the database is closed.
+        await collector.stop()
     return collector.final_stats
 
 

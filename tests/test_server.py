@@ -305,7 +305,7 @@ async def test_wait_true_answers_503_with_the_ids_when_the_commit_does_not_come(
     assert [str(e.id) for e in db.entries] == body["ids"]  # written at shutdown after all
 
 
-async def test_wait_true_answers_503_when_the_database_refuses_an_event() -> None:
+async def test_wait_true_answers_422_not_retryable_when_the_database_refuses_an_event() -> None:
     db = MemoryDatabase()
     db.refuse = lambda entry: getattr(entry, "type", "") == "poison"
     app = create_app(db=db)
@@ -313,8 +313,11 @@ async def test_wait_true_answers_503_when_the_database_refuses_an_event() -> Non
         answer = await http.post(
             "/events?wait=true", json={"events": [{"type": "good"}, {"type": "poison"}]}
         )
-        assert answer.status_code == 503
+        # A retry would write "good" twice and be refused again: no 5xx, no Retry-After.
+        assert answer.status_code == 422
+        assert "retry-after" not in answer.headers
         assert answer.json()["error"].startswith("refused by the database: ValueError")
+        assert "other events are written" in answer.json()["error"]
         good = await http.post("/events?wait=true", json={"events": [{"type": "good"}]})
         assert good.status_code == 201
     assert [letter.entry.type for letter in db.dead_letters] == ["poison"]  # type: ignore[union-attr]
@@ -708,3 +711,31 @@ async def test_serve_on_a_port_in_use_is_one_line_and_exit_status_1(tmp_path: Pa
     assert done.stderr.strip() == (
         f"eventlog serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
+
+
+async def test_json_nested_too_deep_for_the_writer_is_refused_up_front() -> None:
+    db = MemoryDatabase()
+    app = create_app(db=db)
+    deep: object = 1
+    for _ in range(600):
+        deep = [deep]
+    async with in_process(app) as http:
+        event = await http.post(
+            "/events", json={"events": [{"type": "ok"}, {"type": "x", "data": deep}]}
+        )
+        assert event.status_code == 422
+        assert event.json()["errors"][0]["index"] == 1
+        assert "deeper than 512" in event.json()["errors"][0]["message"]
+        flat = await http.post("/log", json={"type": "chat", "state": json.dumps(deep)})
+        assert flat.status_code == 422
+    assert db.entries == []
+
+
+async def test_a_flat_object_cannot_pass_for_a_run_or_an_llm_call() -> None:
+    db = MemoryDatabase()
+    app = create_app(db=db)
+    async with in_process(app) as http:
+        for kind in ("run:start", "chronicle_llm_request"):
+            answer = await http.post("/log?wait=true", json={"type": kind, "x": 1})
+            assert answer.status_code == 201
+    assert [entry.type for entry in db.entries] == ["remote_log", "remote_log"]  # type: ignore[union-attr]
