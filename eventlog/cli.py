@@ -1,5 +1,5 @@
-"""The ``eventlog`` command: ``demo``, ``migrate``, ``dead-letters``, ``serve``, ``bench``,
-``--version``.
+"""The ``eventlog`` command: ``demo``, ``migrate``, ``serve``, ``stats``, ``runs``,
+``run``, ``tail``, ``prune``, ``dead-letters``, ``bench``, ``--version``.
 
 Exit status: 0 done; 1 the database failed (or refused entries); 2 bad usage (arguments,
 database URL, migration revision); 130 interrupted with Ctrl-C. The expected failures
@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import logging
 import os
+import signal
 import sys
+import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from alembic.runtime.migration import MigrationContext
@@ -27,10 +32,10 @@ from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import SQLAlchemyError
 
-from eventlog import __version__
+from eventlog import __version__, analytics
 from eventlog.database import Database, normalize_url, open_database
 from eventlog.deadletters import (
     StoredDeadLetter,
@@ -41,7 +46,10 @@ from eventlog.deadletters import (
 )
 from eventlog.demo import run_demo
 from eventlog.exceptions import DatabaseError, EventLogError, MigrationError
+from eventlog.maintenance import PruneResult, parse_age, prune
 from eventlog.migrate import alembic_config, downgrade, upgrade
+from eventlog.tail import follow
+from eventlog.types import json_dumps
 
 __all__ = ["DATABASE_URL_ENV", "default_url", "main"]
 
@@ -283,6 +291,9 @@ def _parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="tiny sizes: check that everything runs"
     )
     bench.set_defaults(handler=_bench)
+
+    _add_maintenance_commands(commands, database)
+    _add_analytics_commands(commands, database)
     return parser
 
 
@@ -353,9 +364,22 @@ def _eventlog_log_on_stderr() -> Iterator[None]:
 
 
 async def _demo(args: argparse.Namespace, url: str) -> int:
+    console = Console()
     summary = await run_demo(
-        url, args.events, concurrency=args.concurrency, seed=args.seed, console=Console()
+        url, args.events, concurrency=args.concurrency, seed=args.seed, console=console
     )
+    # End with what `eventlog stats` says of it: the command to ask the same again.
+    where = f"environment={summary.environment}"
+    console.print(
+        f"\n$ eventlog stats --url {url} --since 1h --by model --where {where}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    stats_args = argparse.Namespace(
+        by=["model"], where=[where], tz=None, bucket="none", since="1h", until=None,
+        format="table",
+    )  # fmt: skip
+    await _stats(stats_args, url)
     return 1 if summary.failed else 0
 
 
@@ -560,3 +584,582 @@ async def _bench(args: argparse.Namespace, _url: str) -> int:
         bench.write_json(report, Path(args.json))
         console.print(f"Every figure written to {args.json}.", highlight=False)
     return 1 if report["failures"] else 0
+
+
+# -- eventlog prune -----------------------------------------------------------------------
+
+
+def _age(value: str) -> timedelta | datetime:
+    try:
+        return parse_age(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_maintenance_commands(commands: Any, database: argparse.ArgumentParser) -> None:
+    """``prune`` and ``tail``: housekeeping and watching, on an existing database."""
+    prune_ = commands.add_parser(
+        "prune",
+        parents=[database],
+        help="delete old events, runs and steps, or clear only their JSON payloads",
+        description="Delete chronicle_events rows created before the cutoff, and "
+        "chronicle_runs last updated before it with their steps; with "
+        "--payloads-older-than, clear chat_request/chat_response of the newer rows "
+        "while keeping tokens, latency and the other metric columns. Works in batches, "
+        "each its own short transaction, so the writer is never held up for long.",
+    )
+    prune_.add_argument(
+        "--older-than",
+        type=_age,
+        metavar="AGE",
+        help="delete rows older than AGE: 90d, 12h, 30m, 2w, or an ISO date (UTC)",
+    )
+    prune_.add_argument(
+        "--payloads-older-than",
+        type=_age,
+        metavar="AGE",
+        help="clear the request/response JSON of events older than AGE (more recent "
+        "than --older-than)",
+    )
+    prune_.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=5000,
+        metavar="N",
+        help="rows per transaction (default: %(default)s)",
+    )
+    prune_.add_argument(
+        "--dry-run", action="store_true", help="only count what would be deleted or cleared"
+    )
+    prune_.set_defaults(handler=_prune)
+
+    tail = commands.add_parser(
+        "tail",
+        parents=[database],
+        help="print new events as they are written, until Ctrl-C",
+        description="Print chronicle_events rows as they are committed, one line each "
+        "(time UTC, type, model, prompt+completion tokens, latency, user, run), or as "
+        "JSON lines. Polls the database every 0.5 s, on PostgreSQL too. Ctrl-C ends it "
+        "with status 0.",
+    )
+    tail.add_argument("--type", metavar="T", help="only events of type T (event_type)")
+    tail.add_argument("--model", metavar="M", help="only calls to model M")
+    tail.add_argument(
+        "--since",
+        type=_age,
+        metavar="AGE",
+        help="start AGE ago (10m, 1h) or at an ISO time, instead of now",
+    )
+    tail.add_argument("--json", action="store_true", help="print each event as a JSON object")
+    tail.add_argument("--limit", type=_positive_int, metavar="N", help="exit after N events")
+    tail.set_defaults(handler=_tail)
+
+
+_PRUNE_OPTIONS = {
+    "payloads_older_than": "--payloads-older-than",
+    "older_than": "--older-than",
+    "batch_size": "--batch-size",
+}
+
+
+async def _prune(args: argparse.Namespace, url: str) -> int:
+    if args.older_than is None and args.payloads_older_than is None:
+        raise _UsageError("give --older-than, --payloads-older-than, or both")
+    db = await open_database(url)
+    try:
+        result = await prune(
+            db,
+            older_than=args.older_than,
+            payloads_older_than=args.payloads_older_than,
+            batch_size=args.batch_size,
+            dry_run=args.dry_run,
+        )
+    except ValueError as err:
+        message = str(err)
+        for name, option in _PRUNE_OPTIONS.items():
+            message = message.replace(name, option)
+        raise _UsageError(message) from err
+    finally:
+        await db.close()
+    for line in _prune_report(result, db.url):
+        print(line)
+    return 0
+
+
+def _prune_report(result: PruneResult, url: str) -> list[str]:
+    """What a person checks after a retention job: rows per table, against which cutoff."""
+
+    def when(cutoff: datetime | None) -> str:
+        return "" if cutoff is None else f"{cutoff:%Y-%m-%d %H:%M:%S} UTC"
+
+    verb, cleared = ("would delete", "would clear") if result.dry_run else ("deleted", "cleared")
+    lines: list[str] = []
+    if result.older_than is not None:
+        before = when(result.older_than)
+        lines += [
+            f"  chronicle_events  {verb} {result.events_deleted:,} rows created before {before}",
+            f"  chronicle_runs    {verb} {result.runs_deleted:,} rows last updated before {before}",
+            f"  chronicle_steps   {verb} {result.steps_deleted:,} rows of those runs",
+        ]
+    if result.payloads_older_than is not None:
+        lines.append(
+            f"  chronicle_events  {cleared} the payloads of {result.payloads_cleared:,} rows "
+            f"created before {when(result.payloads_older_than)}"
+        )
+    if result.dry_run:
+        head = f"{url}: dry run, nothing changed ({result.elapsed:.2f} s):"
+    else:
+        batches = "1 batch" if result.batches == 1 else f"{result.batches} batches"
+        head = (
+            f"{url}: pruned in {result.elapsed:.2f} s, {batches} "
+            f"(longest {result.longest_batch:.3f} s):"
+        )
+    return [head, *lines]
+
+
+# -- eventlog tail ------------------------------------------------------------------------
+
+
+async def _tail(args: argparse.Namespace, url: str) -> int:
+    where = {
+        name: value
+        for name, value in (("event_type", args.type), ("model", args.model))
+        if value is not None
+    }
+    db = await open_database(url)
+    try:
+        follower = asyncio.current_task()
+        assert follower is not None
+        interrupted = False
+
+        def stop() -> None:  # Ctrl-C is how tail is meant to end: status 0, no message
+            nonlocal interrupted
+            interrupted = True
+            follower.cancel()
+
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGINT, stop)
+            handled = True
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            handled = False
+        try:
+            await _print_events(db, where, args.since, args.json, args.limit)
+        except asyncio.CancelledError:
+            if not interrupted:
+                raise
+            follower.uncancel()
+        finally:
+            if handled:
+                loop.remove_signal_handler(signal.SIGINT)
+    finally:
+        await db.close()
+    return 0
+
+
+async def _print_events(
+    db: Database,
+    where: dict[str, str],
+    since: timedelta | datetime | None,
+    as_json: bool,
+    limit: int | None,
+) -> None:
+    printed = 0
+    events = follow(db, since=since, where=where)
+    try:
+        async for row in events:
+            print(json_dumps(dict(row)) if as_json else _tail_line(row), flush=True)
+            printed += 1
+            if printed == limit:
+                return
+    finally:
+        await events.aclose()
+
+
+def _tail_line(row: RowMapping) -> str:
+    """One event on one line, the fields a person scans for while watching traffic."""
+    time = f"{row['created_at']:%Y-%m-%d %H:%M:%S.%f}"[:-3]
+    prompt, completion = row["prompt_tokens"], row["completion_tokens"]
+    tokens = "-" if prompt is None and completion is None else f"{prompt or 0}+{completion or 0}"
+    latency = row["request_latency_ms"]
+    parts = [
+        time,
+        f"{row['event_type']:<22}",
+        f"{row['model'] or '-':<20}",
+        f"{tokens:>11} tok",
+        f"{'-' if latency is None else latency:>7} ms",
+    ]
+    user = row["user_id"] or row["request_user_id"]
+    if user:
+        parts.append(f"user={user}")
+    if row["run_id"] is not None:
+        parts.append(f"run={row['run_id']}")
+    if row["rate_limited"]:
+        parts.append("rate-limited")
+    if row["error"] is not None:
+        parts.append("error")
+    return "  ".join(parts)
+
+
+# -- eventlog stats, runs, run ------------------------------------------------------------
+
+
+def _add_analytics_commands(commands: Any, database: argparse.ArgumentParser) -> None:
+    """``stats``, ``runs`` and ``run``: the analytics of :mod:`eventlog.analytics`."""
+    window = argparse.ArgumentParser(add_help=False)
+    window.add_argument(
+        "--since",
+        default="24h",
+        metavar="WHEN",
+        help="window start: 1h, 24h, 7d, 30d, 90d (any N with m/h/d/w) or an ISO time "
+        "(default: %(default)s)",
+    )
+    window.add_argument("--until", metavar="WHEN", help="window end, as --since (default: now)")
+    window.add_argument(
+        "--tz",
+        metavar="ZONE",
+        help="IANA time zone (Europe/Berlin): day, week and month buckets are local days, "
+        "and ISO times without an offset are local (default: UTC)",
+    )
+
+    stats = commands.add_parser(
+        "stats",
+        parents=[database, window],
+        help="LLM calls: requests, errors, tokens and latency, by group and over time",
+        description="Requests, errors, rate limits, retries, tokens, users, output "
+        "tokens per second and exact latency percentiles (p95 shown from 20 calls, p99 "
+        "from 100) of the LLM calls in the window, per --by group and per --bucket. "
+        "--format json is a stable contract: a list of objects with fixed keys, times "
+        "in ISO 8601 UTC.",
+    )
+    stats.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="group by model, provider, application, environment, organization, project, "
+        "user or workflow; repeat or comma-separate for several",
+    )
+    stats.add_argument(
+        "--bucket",
+        choices=["auto", "none", "minute", "hour", "day", "week", "month"],
+        default="none",
+        help="one row per time bucket, empty ones included; auto picks from the window "
+        "(default: %(default)s)",
+    )
+    stats.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only calls with KEY=VALUE: a group name, a chronicle_events column, or "
+        "meta.KEY; repeat for several (all must hold)",
+    )
+    stats.add_argument(
+        "--format",
+        choices=["table", "csv", "json", "jsonl"],
+        default="table",
+        help="(default: %(default)s)",
+    )
+    stats.set_defaults(handler=_stats)
+
+    runs = commands.add_parser(
+        "runs",
+        parents=[database, window],
+        help="workflow runs: recent or slowest, with their steps and failures",
+        description="The runs started in the window, most recent first (or --slowest), "
+        "with duration and step counts, then the runs per workflow and status.",
+    )
+    runs.add_argument("--status", metavar="S", help="only runs in status S (error, finished...)")
+    runs.add_argument("--workflow", metavar="W", help="only runs of workflow W (the run's name)")
+    runs.add_argument(
+        "--slowest", action="store_true", help="the slowest ended runs first, not the newest"
+    )
+    runs.add_argument(
+        "--limit", type=_positive_int, default=20, metavar="N", help="(default: %(default)s)"
+    )
+    runs.add_argument(
+        "--format", choices=["table", "json", "jsonl"], default="table", help="(default: table)"
+    )
+    runs.set_defaults(handler=_runs)
+
+    run = commands.add_parser(
+        "run",
+        parents=[database],
+        help="one run's steps as a timeline",
+        description="A run and its steps in start order: offset from the run's start, "
+        "duration, status, type and name, with a bar on the run's time line.",
+    )
+    run.add_argument("run_id", metavar="RUN_ID", help="the run's id (a UUID)")
+    run.set_defaults(handler=_run)
+
+
+def _where_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    where: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise _UsageError(f"--where must be KEY=VALUE, got {pair!r}")
+        where[key.strip()] = value
+    return where
+
+
+def _zone_arg(name: str | None) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name) if name else None
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _UsageError(
+            f"--tz must be an IANA time zone like Europe/Berlin, got {name!r}"
+        ) from None
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+async def _stats(args: argparse.Namespace, url: str) -> int:
+    by = [name.strip() for option in args.by for name in option.split(",") if name.strip()]
+    where = _where_pairs(args.where)
+    now = datetime.now(UTC)  # one instant, so that both queries read the same window
+    zone = _zone_arg(args.tz)
+    bucket: Any = None if args.bucket == "none" else args.bucket
+    options: dict[str, Any] = {"by": by, "tz": zone, "where": where, "now": now}
+    try:
+        since = analytics.parse_time(args.since, "--since", now=now, tz=zone)
+        until = analytics.parse_time(args.until, "--until", now=now, tz=zone)
+        if bucket == "auto":
+            bucket = analytics.auto_bucket(since, until)
+        options.update(since=since, until=until, bucket=bucket)
+        db = await open_database(url)
+        try:
+            usage = await analytics.usage(db, **options)
+            latency = await analytics.latency(db, **options)
+        finally:
+            await db.close()
+    except ValueError as err:
+        raise _UsageError(_option_names(str(err))) from err
+    records = analytics.stats_records(usage, latency)
+    if args.format == "json":
+        sys.stdout.write(orjson.dumps(records, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif args.format == "jsonl":
+        for record in records:
+            sys.stdout.write(orjson.dumps(record).decode() + "\n")
+    elif args.format == "csv":
+        flat = [analytics.flat_record(r) for r in records]
+        header = list(analytics.flat_record(records[0])) if records else ["start", "end"]
+        writer = csv.DictWriter(sys.stdout, fieldnames=header, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(flat)
+    else:
+        _print_stats(Console(), usage, latency, by, bucket, zone, since, until)
+    return 0
+
+
+def _option_names(message: str) -> str:
+    """An analytics ValueError, with its parameter names spelled as this command's."""
+    for name in ("since", "until", "tz", "by", "bucket", "where", "limit"):
+        if message.startswith(name):
+            return f"--{message}"
+    return message
+
+
+def _print_stats(
+    console: Console,
+    usage: Sequence[analytics.UsageRow],
+    latency: Sequence[analytics.LatencyRow],
+    by: Sequence[str],
+    bucket: str | None,
+    zone: ZoneInfo | None,
+    since: datetime,
+    until: datetime,
+) -> None:
+    shown = zone or UTC
+    spec = "%Y-%m-%d %H:%M" if bucket in ("minute", "hour") else "%Y-%m-%d"
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    if bucket is not None:
+        table.add_column(f"{bucket} ({'UTC' if zone is None else zone.key})", no_wrap=True)
+    names = list(dict.fromkeys(by))
+    for name in names:
+        longest = max((len(str(use.group.get(name))) for use in usage), default=4)
+        table.add_column(name, no_wrap=True, min_width=min(max(longest, len(name)), 32))
+    # A narrow terminal gets the essential columns; --format json or csv has them all.
+    wide = console.width >= 120
+    titles = ["calls", "errors"]
+    titles += ["rate-ltd", "retried"] if wide else []
+    titles += ["tokens in", "tokens out"] if wide else ["tok in", "tok out"]
+    titles += ["users", "tok/s"] if wide else []
+    titles += ["p50 ms", "p95 ms", "p99 ms"] if wide else ["p50", "p95", "p99"]
+    for title in titles:
+        table.add_column(title, justify="right", no_wrap=True)
+    for use, lat in zip(usage, latency, strict=True):
+        cells = [] if bucket is None else [f"{use.start.astimezone(shown):{spec}}"]
+        cells += [escape(str(value)) if value is not None else "-" for value in use.group.values()]
+        tps = use.output_tokens_per_second
+        cells += [
+            f"{use.requests:,}",
+            f"{use.errors:,} {_percent(use.error_rate)}"
+            if use.errors and wide
+            else f"{use.errors:,}",
+        ]
+        if wide:
+            cells += [_percent(use.rate_limited_rate), _percent(use.retry_rate)]
+        cells += [f"{use.prompt_tokens:,}", f"{use.completion_tokens:,}"]
+        if wide:
+            cells += [f"{use.users:,}", "-" if tps is None else f"{tps:,.1f}"]
+        cells += [_ms(lat.request.p50), _ms(lat.request.p95), _ms(lat.request.p99)]
+        table.add_row(*cells)
+    console.print(table)
+    total = sum(use.requests for use in usage)
+    console.print(
+        f"{total:,} LLM calls from {since.astimezone(shown):%Y-%m-%d %H:%M} to "
+        f"{until.astimezone(shown):%Y-%m-%d %H:%M} ({'UTC' if zone is None else zone.key}); "
+        "latency in ms; p95 needs 20 calls and p99 100, '-' below",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _run_record(run: analytics.RunRow) -> dict[str, Any]:
+    return {
+        "id": str(run.id),
+        "workflow": run.workflow,
+        "status": run.status,
+        "application": run.application,
+        "environment": run.environment,
+        "created_at": analytics.iso_utc(run.created_at),
+        "updated_at": analytics.iso_utc(run.updated_at),
+        "duration_ms": run.duration_ms,
+        "steps": run.steps,
+        "failed_steps": run.failed_steps,
+    }
+
+
+def _duration(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.2f} s"
+    return f"{ms // 60_000} min {ms % 60_000 / 1000:.0f} s"
+
+
+async def _runs(args: argparse.Namespace, url: str) -> int:
+    zone = _zone_arg(args.tz)
+    now = datetime.now(UTC)
+    window: dict[str, Any] = {"since": args.since, "until": args.until, "tz": zone, "now": now}
+    try:
+        db = await open_database(url)
+        try:
+            listed = await analytics.list_runs(
+                db,
+                workflow=args.workflow,
+                status=args.status,
+                order="slowest" if args.slowest else "recent",
+                limit=args.limit,
+                **window,
+            )
+            counts = await analytics.run_status_counts(db, workflow=args.workflow, **window)
+        finally:
+            await db.close()
+    except ValueError as err:
+        raise _UsageError(_option_names(str(err))) from err
+    if args.format != "table":
+        records = [_run_record(run) for run in listed]
+        if args.format == "json":
+            sys.stdout.write(orjson.dumps(records, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            for record in records:
+                sys.stdout.write(orjson.dumps(record).decode() + "\n")
+        return 0
+    console = Console()
+    shown = zone or UTC
+    # Two lines a run, as the dead letters: the id (to pass to `eventlog run`) whole.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, leading=1)
+    table.add_column(f"started ({'UTC' if zone is None else zone.key})\nstatus", no_wrap=True)
+    table.add_column("run id\nworkflow", no_wrap=True, min_width=36, overflow="ellipsis")
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("steps", justify="right", no_wrap=True)
+    for run in listed:
+        table.add_row(
+            f"{run.created_at.astimezone(shown):%m-%d %H:%M:%S}\n{escape(run.status)}",
+            f"{run.id}\n{escape(run.workflow or '-')}",
+            _duration(run.duration_ms),
+            f"{run.steps}\n{run.failed_steps} failed" if run.failed_steps else str(run.steps),
+        )
+    if listed:
+        console.print(table)
+    by_status: dict[str, int] = {}
+    for count in counts:
+        if args.status is None or count.status == args.status:
+            by_status[count.status] = by_status.get(count.status, 0) + count.runs
+    summary = ", ".join(f"{n:,} {status}" for status, n in sorted(by_status.items()))
+    total = sum(by_status.values())
+    console.print(
+        f"{_count(total, 'run')} in the window" + (f": {summary}" if summary else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+_BAR = 32
+
+
+async def _run(args: argparse.Namespace, url: str) -> int:
+    try:
+        run_id = uuid.UUID(args.run_id)
+    except ValueError:
+        raise _UsageError(f"RUN_ID must be a UUID, got {args.run_id!r}") from None
+    db = await open_database(url)
+    try:
+        detail = await analytics.get_run(db, run_id)
+    finally:
+        await db.close()
+    if detail is None:
+        print(f"eventlog run: error: no run {run_id} in {db.url}", file=sys.stderr)
+        return 1
+    run = detail.run
+    console = Console()
+    console.print(
+        f"run {run.id}  {escape(run.workflow or '-')}  {escape(run.status)}  "
+        f"started {run.created_at:%Y-%m-%d %H:%M:%S.%f} UTC, {_duration(run.duration_ms)}, "
+        f"{_count(run.steps, 'step')} ({run.failed_steps} failed), "
+        f"{_count(detail.llm_calls, 'LLM call')}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    span = max(
+        [run.duration_ms or 0]
+        + [(s.offset_ms or 0) + (s.duration_ms or 0) for s in detail.steps]
+        + [1]
+    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("start", justify="right", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("type", no_wrap=True)
+    table.add_column("name", overflow="fold")
+    table.add_column("timeline", no_wrap=True)
+    for step in detail.steps:
+        bar = ""
+        if step.offset_ms is not None:
+            begin = min(_BAR - 1, step.offset_ms * _BAR // span)
+            width = max(1, (step.duration_ms or 0) * _BAR // span)
+            char = "x" if step.status == "error" else "\u2588"
+            bar = " " * begin + char * min(width, _BAR - begin)
+        table.add_row(
+            "-" if step.offset_ms is None else f"+{_duration(step.offset_ms)}",
+            _duration(step.duration_ms),
+            escape(step.status),
+            escape(step.type or "-"),
+            escape(step.name or "-"),
+            f"[red]{bar}[/red]" if step.status == "error" else bar,
+        )
+    if detail.steps:
+        console.print(table)
+    return 0

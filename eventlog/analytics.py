@@ -1,0 +1,1246 @@
+"""Answers to the everyday questions, read from eventlog's own tables: how many calls,
+how many failed, how many tokens, how slow, which runs and steps went wrong.
+
+Every function takes a :class:`~eventlog.Database` and returns typed, frozen rows, the
+same on PostgreSQL and SQLite for the same data. Three rules make them the same:
+
+- Percentiles are exact, nearest-rank (PostgreSQL's ``percentile_disc``): the value at
+  rank ``ceil(p * n)`` of the sorted samples. SQLite has no ordered-set aggregates, so
+  there each sample is ranked with ``ROW_NUMBER()`` and ``COUNT()`` over its group and
+  the smallest value with ``rank >= p * n`` is taken, the same double arithmetic as
+  PostgreSQL's. Few samples make a high percentile noise, so p95 is ``None`` below
+  :data:`MIN_SAMPLES` ``[0.95]`` (20) samples and p99 below 100.
+- SQL returns only integers (counts, sums, ranks, epoch microseconds); ratios, averages
+  and rates are computed here in Python, so no float rounding differs between backends.
+  Rows are sorted here too, by code point (collations differ).
+- Time buckets are computed in UTC from epoch seconds. ``minute`` and ``hour`` buckets
+  stay UTC; ``day``, ``week`` (from Monday) and ``month`` buckets are folded into local
+  time when ``tz`` is given: the UTC offset of each row is a ``CASE`` over the offset
+  changes inside the window (found with :mod:`zoneinfo`), so a 23- or 25-hour day is one
+  bucket. Buckets without rows are filled with zero rows.
+
+Only LLM calls (``event_type = 'chronicle_llm_request'``) count in :func:`usage` and
+:func:`latency`. The cost, cache, reasoning-token and time-to-first-token columns come in
+a later schema revision: they slot in as more fields of :class:`UsageRow` and as a
+``ttft`` :class:`LatencyStats` of :class:`LatencyRow`, keeping every existing field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any, Final, Literal, TypeAlias, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    Integer,
+    Select,
+    Subquery,
+    Text,
+    and_,
+    case,
+    cast,
+    false,
+    func,
+    literal,
+    null,
+    select,
+    true,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+from eventlog.database import Database
+from eventlog.exceptions import DatabaseError
+from eventlog.schema import chronicle_events, chronicle_runs, chronicle_steps
+from eventlog.transient import is_transient
+from eventlog.types import UTCDateTime, UUIDType
+
+__all__ = [
+    "GROUPS",
+    "LATENCY_KEYS",
+    "LLM_CALL",
+    "MIN_SAMPLES",
+    "PERCENTILES",
+    "STATS_KEYS",
+    "Bucket",
+    "ErrorCount",
+    "LatencyRow",
+    "LatencyStats",
+    "RunDetail",
+    "RunDuration",
+    "RunRow",
+    "RunStatusCount",
+    "StepFailures",
+    "StepRow",
+    "UsageRow",
+    "auto_bucket",
+    "flat_record",
+    "get_run",
+    "iso_utc",
+    "latency",
+    "list_runs",
+    "parse_time",
+    "run_durations",
+    "run_status_counts",
+    "stats_records",
+    "step_failures",
+    "top_errors",
+    "usage",
+]
+
+LLM_CALL: Final = "chronicle_llm_request"
+"""The ``event_type`` of an LLM call: the only rows :func:`usage` counts as requests."""
+
+GROUPS: Final[Mapping[str, str]] = {
+    "model": "model",
+    "provider": "provider",
+    "application": "application",
+    "environment": "environment",
+    "organization": "organization_id",
+    "project": "project_id",
+    "user": "user_id",
+    "workflow": "workflow_name",
+}
+"""What ``by=`` accepts, and the ``chronicle_events`` column each name stands for."""
+
+Bucket: TypeAlias = Literal["minute", "hour", "day", "week", "month"]
+_BUCKETS: Final = frozenset(get_args(Bucket))
+
+PERCENTILES: Final = (0.5, 0.75, 0.9, 0.95, 0.99)
+MIN_SAMPLES: Final[Mapping[float, int]] = {0.95: 20, 0.99: 100}
+"""Below this many samples a percentile is ``None``: it would describe one outlier."""
+
+TimeArg: TypeAlias = datetime | str | None
+Where: TypeAlias = Mapping[str, Any]
+
+# Window presets are a number and a unit: 15m, 1h, 24h, 7d, 30d, 90d, 2w.
+_RELATIVE = re.compile(r"^\s*(\d+)\s*(m|h|d|w)\s*$")
+_UNITS: Final = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_MAX_BUCKETS: Final = 10_000
+_EPOCH_DAY: Final = date(1970, 1, 1)
+_EPOCH_MONDAY: Final = date(1969, 12, 29)
+_FIXED_WIDTH: Final = {"minute": 60, "hour": 3600}
+
+events = chronicle_events.c
+runs = chronicle_runs.c
+steps = chronicle_steps.c
+
+
+# -- rows --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Traffic of one group in one bucket (or the whole window when not bucketed).
+
+    ``start``/``end`` are the bucket's bounds in UTC (the window's when not bucketed);
+    ``group`` maps each ``by`` name to its value. Rates are fractions of ``requests``
+    (``None`` without requests); ``retried`` counts calls retried at least once and
+    ``retries`` the retries. ``output_tokens_per_second`` is completion tokens over
+    request latency, of the calls that have both.
+    """
+
+    start: datetime
+    end: datetime
+    group: Mapping[str, str | None] = field(hash=False)
+    requests: int
+    errors: int
+    rate_limited: int
+    retried: int
+    retries: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    users: int
+    output_tokens_per_second: float | None
+
+    @property
+    def error_rate(self) -> float | None:
+        return _ratio(self.errors, self.requests)
+
+    @property
+    def rate_limited_rate(self) -> float | None:
+        return _ratio(self.rate_limited, self.requests)
+
+    @property
+    def retry_rate(self) -> float | None:
+        return _ratio(self.retried, self.requests)
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyStats:
+    """Milliseconds over ``count`` samples; exact nearest-rank percentiles, ``None`` when
+    there are too few samples (see :data:`MIN_SAMPLES`)."""
+
+    count: int
+    avg: float | None
+    p50: int | None
+    p75: int | None
+    p90: int | None
+    p95: int | None
+    p99: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyRow:
+    """Latency of one group in one bucket: ``request`` (the provider's answer) and
+    ``total`` (with retries and waiting)."""
+
+    start: datetime
+    end: datetime
+    group: Mapping[str, str | None] = field(hash=False)
+    request: LatencyStats
+    total: LatencyStats
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatusCount:
+    """How many runs of ``workflow`` (the run's name) are in ``status``."""
+
+    workflow: str | None
+    status: str
+    runs: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunDuration:
+    """Durations (start to last update, in ms) of the ended runs of one workflow."""
+
+    workflow: str | None
+    duration: LatencyStats
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One run with its step counts; ``duration_ms`` is ``None`` while it is started."""
+
+    id: uuid.UUID
+    workflow: str | None
+    status: str
+    application: str | None
+    environment: str | None
+    created_at: datetime
+    updated_at: datetime
+    duration_ms: int | None
+    steps: int
+    failed_steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """One step of a run, placed on the run's timeline: ``offset_ms`` from the run's
+    start (``None`` when the step's start was never logged)."""
+
+    id: uuid.UUID
+    type: str | None
+    name: str | None
+    status: str
+    parent_step: uuid.UUID | None
+    start_time: datetime | None
+    end_time: datetime | None
+    offset_ms: int | None
+    duration_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetail:
+    """A run, its steps in start order, and the LLM calls logged under it."""
+
+    run: RunRow
+    steps: Sequence[StepRow]
+    llm_calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailures:
+    """Steps of one type and name, and how many ended in ``error``."""
+
+    type: str | None
+    name: str | None
+    steps: int
+    failed: int
+
+    @property
+    def failure_rate(self) -> float | None:
+        return _ratio(self.failed, self.steps)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCount:
+    """LLM calls that failed with one error type and message (its first 200 characters);
+    ``last_seen`` is the latest in the window."""
+
+    type: str | None
+    message: str | None
+    count: int
+    last_seen: datetime
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+# -- arguments ---------------------------------------------------------------------------
+
+
+def parse_time(value: TimeArg, name: str, *, now: datetime, tz: tzinfo | None = None) -> datetime:
+    """``value`` as an aware UTC datetime: a datetime (naive is UTC), ``"now"``, a span
+    back from ``now`` (``"1h"``, ``"24h"``, ``"7d"``, ``"30d"``, ``"90d"``, any ``N``
+    with ``m``/``h``/``d``/``w``), or ISO 8601 text (naive is in ``tz``, else UTC)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "now"):
+        return now
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, str):
+        relative = _RELATIVE.match(value)
+        if relative:
+            return now - timedelta(seconds=int(relative[1]) * _UNITS[relative[2]])
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=tz or UTC)
+            return parsed.astimezone(UTC)
+    raise ValueError(
+        f"{name} must be a datetime, a span like 24h or 7d, or an ISO 8601 time; got {value!r}"
+    )
+
+
+def _zone(tz: str | tzinfo | None) -> tzinfo | None:
+    if tz is None or isinstance(tz, tzinfo):
+        return tz
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValueError(
+            f"tz must be an IANA time zone name like Europe/Berlin, got {tz!r}"
+        ) from None
+
+
+def _window(
+    since: TimeArg, until: TimeArg, now: datetime | None, zone: tzinfo | None
+) -> tuple[datetime, datetime]:
+    now = datetime.now(UTC) if now is None else parse_time(now, "now", now=now)
+    start = parse_time(since, "since", now=now, tz=zone)
+    end = parse_time(until, "until", now=now, tz=zone)
+    if start >= end:
+        raise ValueError(
+            f"since must be before until, got {start.isoformat()} >= {end.isoformat()}"
+        )
+    return start, end
+
+
+def _group_names(by: str | Iterable[str]) -> tuple[str, ...]:
+    names = (by,) if isinstance(by, str) else tuple(by)
+    aliases = {column: name for name, column in GROUPS.items()}
+    result: list[str] = []
+    for name in names:
+        name = aliases.get(name, name)
+        if name not in GROUPS:
+            raise ValueError(f"by must name columns of {', '.join(GROUPS)}; got {name!r}")
+        if name not in result:
+            result.append(name)
+    return tuple(result)
+
+
+def auto_bucket(since: datetime, until: datetime) -> Bucket:
+    """A bucket size giving between about 24 and 200 points over the window."""
+    span = until - since
+    if span <= timedelta(hours=3):
+        return "minute"
+    if span <= timedelta(days=7):
+        return "hour"
+    if span <= timedelta(days=180):
+        return "day"
+    return "week" if span <= timedelta(days=3 * 365) else "month"
+
+
+# -- SQL building blocks -----------------------------------------------------------------
+
+
+def _epoch_us(db: Database, column: ColumnElement[Any]) -> ColumnElement[int]:
+    """Microseconds since 1970 UTC, exactly, as an integer on both backends.
+
+    SQLite stores ``YYYY-MM-DD HH:MM:SS.ffffff``: whole seconds from ``strftime('%s')``
+    and the six fraction digits from the text; PostgreSQL's ``extract`` is exact numeric.
+    """
+    if db.dialect == "postgresql":
+        return cast(func.extract("epoch", column) * 1_000_000, BigInteger)
+    seconds = cast(func.strftime("%s", column), Integer)
+    return seconds * 1_000_000 + cast(func.substr(column, 21, 6), Integer)
+
+
+def _utc_offsets(zone: tzinfo, start: datetime, end: datetime) -> list[tuple[datetime, int]]:
+    """``(from, offset seconds)`` for each UTC offset ``zone`` has in ``[start, end)``:
+    hourly probes, and a bisection to the second where the offset changes."""
+
+    def offset(at: datetime) -> int:
+        delta = at.astimezone(zone).utcoffset()
+        return 0 if delta is None else int(delta.total_seconds())
+
+    changes = [(start, offset(start))]
+    probe = start
+    step = timedelta(hours=1)
+    while probe < end:
+        after = min(probe + step, end)
+        if offset(after) != changes[-1][1]:
+            low, high = probe, after  # offset(low) is the old one, offset(high) the new
+            while high - low > timedelta(seconds=1):
+                middle = low + (high - low) / 2
+                if offset(middle) == changes[-1][1]:
+                    low = middle
+                else:
+                    high = middle
+            changes.append((high, offset(high)))
+        probe = after
+    return changes
+
+
+@dataclass(frozen=True, slots=True)
+class _Buckets:
+    """How rows fall into buckets: the SQL key, and the same key and bounds in Python."""
+
+    size: Bucket
+    zone: tzinfo
+
+    def key_sql(self, db: Database, since: datetime, until: datetime) -> ColumnElement[int]:
+        seconds = _epoch_us(db, events.created_at) // 1_000_000
+        if self.size in _FIXED_WIDTH:
+            return seconds // _FIXED_WIDTH[self.size]
+        offsets = _utc_offsets(self.zone, since, until)
+        shift: ColumnElement[int] = literal(offsets[0][1], Integer)
+        if len(offsets) > 1:
+            shift = case(
+                *(
+                    (events.created_at < literal(later_from, UTCDateTime), literal(off, Integer))
+                    for (_, off), (later_from, _) in itertools.pairwise(offsets)
+                ),
+                else_=literal(offsets[-1][1], Integer),
+            )
+        local = seconds + shift
+        days = local // 86400
+        if self.size == "day":
+            return days
+        if self.size == "week":
+            return (days + 3) // 7  # 1970-01-01 was a Thursday: weeks from Monday
+        if db.dialect == "postgresql":
+            stamp = func.timezone("UTC", func.to_timestamp(local))
+            year = cast(func.extract("year", stamp), Integer)
+            month = cast(func.extract("month", stamp), Integer)
+        else:
+            year = cast(func.strftime("%Y", local, "unixepoch"), Integer)
+            month = cast(func.strftime("%m", local, "unixepoch"), Integer)
+        return year * 12 + month - 1
+
+    def key(self, at: datetime) -> int:
+        if self.size in _FIXED_WIDTH:
+            return int(at.timestamp()) // _FIXED_WIDTH[self.size]
+        local = at.astimezone(self.zone).date()
+        if self.size == "day":
+            return (local - _EPOCH_DAY).days
+        if self.size == "week":
+            return (local - _EPOCH_MONDAY).days // 7
+        return local.year * 12 + local.month - 1
+
+    def start(self, key: int) -> datetime:
+        if self.size in _FIXED_WIDTH:
+            return datetime.fromtimestamp(key * _FIXED_WIDTH[self.size], UTC)
+        if self.size == "day":
+            day = _EPOCH_DAY + timedelta(days=key)
+        elif self.size == "week":
+            day = _EPOCH_MONDAY + timedelta(days=7 * key)
+        else:
+            day = date(key // 12, key % 12 + 1, 1)
+        return datetime.combine(day, time(), tzinfo=self.zone).astimezone(UTC)
+
+
+def _make_buckets(
+    bucket: str | None, zone: tzinfo | None, since: datetime, until: datetime
+) -> _Buckets | None:
+    if bucket is None:
+        return None
+    if bucket not in _BUCKETS:
+        raise ValueError(
+            f"bucket must be one of {', '.join(sorted(_BUCKETS))} or None; got {bucket!r}"
+        )
+    buckets = _Buckets(bucket, zone or UTC)  # type: ignore[arg-type]
+    count = buckets.key(until - timedelta(microseconds=1)) - buckets.key(since) + 1
+    if count > _MAX_BUCKETS:
+        raise ValueError(
+            f"bucket {bucket!r} cuts this window into {count} buckets; at most "
+            f"{_MAX_BUCKETS}: choose a larger bucket or a shorter window"
+        )
+    return buckets
+
+
+_JSON_COLUMNS: Final = frozenset(
+    {"chat_request", "chat_response", "error", "meta", "response_meta", "created_at"}
+)
+
+
+def _coerce(name: str, column: KeyedColumnElement[Any], value: Any) -> Any:
+    """A ``where`` value of the CLI's text as the column's type."""
+    if not isinstance(value, str):
+        return value
+    try:
+        if isinstance(column.type, Integer):
+            return int(value)
+        if isinstance(column.type, Boolean):
+            flag = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+            return flag[value.strip().lower()]
+        if isinstance(column.type, UUIDType):
+            return uuid.UUID(value)
+    except (ValueError, KeyError):
+        raise ValueError(
+            f"where[{name!r}] must be a {column.type.__class__.__name__.lower()}, got {value!r}"
+        ) from None
+    return value
+
+
+def _json_text(db: Database, column: ColumnElement[Any], keys: Sequence[str]) -> ColumnElement[str]:
+    """The text of the JSON value at ``keys`` in ``column``, the same on both backends
+    for strings, numbers and booleans."""
+    if db.dialect == "postgresql":
+        return func.jsonb_extract_path_text(column, *(literal(key) for key in keys))
+    path = literal("$" + "".join(f'."{key}"' for key in keys))
+    kind = func.json_type(column, path)
+    return case(
+        (kind == "true", literal("true")),
+        (kind == "false", literal("false")),
+        else_=cast(func.json_extract(column, path), chronicle_events.c.model.type),
+    )
+
+
+def _json_value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _where_events(db: Database, where: Where) -> list[ColumnElement[bool]]:
+    """Conditions for ``where={"model": "gpt-4o", "meta.team": "search"}``: a group
+    name or any scalar column of ``chronicle_events``, or ``meta.KEY[.KEY...]``; a list
+    value means any of, ``None`` means NULL."""
+    if not isinstance(where, Mapping):
+        raise ValueError(f"where must be a mapping of column to value, got {where!r}")
+    conditions: list[ColumnElement[bool]] = []
+    for name, value in where.items():
+        if not isinstance(name, str):
+            raise ValueError(f"where keys must be strings, got {name!r}")
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        if name.startswith("meta."):
+            keys = name[len("meta.") :].split(".")
+            if not all(keys) or any('"' in key for key in keys):
+                raise ValueError(f"where key {name!r} must be meta.KEY with a non-empty KEY")
+            expr = _json_text(db, events.meta, keys)
+            conditions.append(
+                _any_of(expr, [None if v is None else _json_value_text(v) for v in values])
+            )
+            continue
+        column_name = GROUPS.get(name, name)
+        if column_name not in chronicle_events.c or column_name in _JSON_COLUMNS:
+            raise ValueError(
+                f"where key {name!r} must be one of {', '.join(GROUPS)}, a column of "
+                "chronicle_events, or meta.KEY"
+            )
+        column = chronicle_events.c[column_name]
+        conditions.append(_any_of(column, [_coerce(name, column, v) for v in values]))
+    return conditions
+
+
+def _any_of(expr: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+    present = [v for v in values if v is not None]
+    options: list[ColumnElement[bool]] = []
+    if present:
+        options.append(expr == present[0] if len(present) == 1 else expr.in_(present))
+    if len(present) < len(values):
+        options.append(expr.is_(None))
+    if not options:
+        return false()
+    return options[0] if len(options) == 1 else options[0] | options[1]
+
+
+def _percentile_select(
+    db: Database,
+    base: Subquery,
+    keys: Sequence[str],
+    values: Sequence[str],
+) -> Select[Any]:
+    """Per group of ``keys`` of ``base``: ``{v}_n`` (samples), ``{v}_sum`` and ``{v}_p50``
+    ... for each column ``v`` of ``values``; nearest-rank on both backends."""
+    group = [base.c[k] for k in keys]
+    columns: list[ColumnElement[Any]] = list(group)
+    if db.dialect == "postgresql":
+        for v in values:
+            sample = base.c[v]
+            columns += [func.count(sample).label(f"{v}_n"), func.sum(sample).label(f"{v}_sum")]
+            columns += [
+                func.percentile_disc(p).within_group(sample).label(f"{v}_p{_pname(p)}")
+                for p in PERCENTILES
+            ]
+        return select(*columns).group_by(*group)
+    ranked_columns: list[ColumnElement[Any]] = [base.c[k] for k in keys]
+    for v in values:
+        sample = base.c[v]
+        ranked_columns += [
+            sample,
+            func.row_number()
+            .over(partition_by=[*group, sample.is_(None)], order_by=sample)
+            .label(f"{v}_rank"),
+            func.count(sample).over(partition_by=group).label(f"{v}_count"),
+        ]
+    ranked = select(*ranked_columns).subquery("ranked")
+    outer_group = [ranked.c[k] for k in keys]
+    columns = list(outer_group)
+    for v in values:
+        sample, rank, count = ranked.c[v], ranked.c[f"{v}_rank"], ranked.c[f"{v}_count"]
+        columns += [func.count(sample).label(f"{v}_n"), func.sum(sample).label(f"{v}_sum")]
+        columns += [
+            func.min(case((and_(sample.is_not(None), rank >= literal(p) * count), sample))).label(
+                f"{v}_p{_pname(p)}"
+            )
+            for p in PERCENTILES
+        ]
+    return select(*columns).group_by(*outer_group)
+
+
+def _pname(p: float) -> str:
+    return f"{round(p * 100)}"
+
+
+def _stats(row: Mapping[str, Any], v: str) -> LatencyStats:
+    n = int(row.get(f"{v}_n") or 0)
+    total = row.get(f"{v}_sum")
+
+    def pick(p: float) -> int | None:
+        if n == 0 or n < MIN_SAMPLES.get(p, 0):
+            return None
+        value = row.get(f"{v}_p{_pname(p)}")
+        return None if value is None else int(value)
+
+    return LatencyStats(
+        count=n,
+        avg=int(total or 0) / n if n else None,
+        p50=pick(0.5),
+        p75=pick(0.75),
+        p90=pick(0.9),
+        p95=pick(0.95),
+        p99=pick(0.99),
+    )
+
+
+async def _fetch(db: Database, statement: Select[Any], doing: str) -> list[Mapping[str, Any]]:
+    try:
+        async with db.engine.connect() as conn:
+            result = await conn.execute(statement)
+            return [dict(row) for row in result.mappings()]
+    except (SQLAlchemyError, OSError) as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        hint = ""
+        if "no such table" in text or ('relation "' in text and "does not exist" in text):
+            hint = ": run `eventlog migrate` to create eventlog's tables"
+        raise DatabaseError(
+            f"{doing} in {db.url} failed: {text}{hint}", transient=is_transient(err)
+        ) from err
+
+
+def _sort_key(value: Any) -> tuple[bool, Any]:
+    return (value is not None, "" if value is None else value)
+
+
+# -- usage and latency -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """The checked arguments shared by :func:`usage` and :func:`latency`."""
+
+    since: datetime
+    until: datetime
+    by: tuple[str, ...]
+    buckets: _Buckets | None
+    conditions: tuple[ColumnElement[bool], ...]
+
+    def base(self, db: Database, values: Mapping[str, ColumnElement[Any]]) -> Subquery:
+        """LLM calls of the window: group keys ``g0..``, the bucket key ``b``, values."""
+        columns: list[ColumnElement[Any]] = [
+            chronicle_events.c[GROUPS[name]].label(f"g{i}") for i, name in enumerate(self.by)
+        ]
+        if self.buckets is not None:
+            columns.append(self.buckets.key_sql(db, self.since, self.until).label("b"))
+        columns += [value.label(name) for name, value in values.items()]
+        statement = select(*columns).where(
+            events.event_type == LLM_CALL,
+            events.created_at >= self.since,
+            events.created_at < self.until,
+            *self.conditions,
+        )
+        return statement.subquery("calls")
+
+    @property
+    def keys(self) -> list[str]:
+        return [f"g{i}" for i in range(len(self.by))] + (["b"] if self.buckets else [])
+
+    def rows(
+        self, found: Iterable[Mapping[str, Any]]
+    ) -> list[tuple[datetime, datetime, dict[str, str | None], Mapping[str, Any] | None]]:
+        """Each group in each bucket, in order: (start, end, group, its SQL row or None
+        for an empty bucket to fill)."""
+        by_key: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+        groups: set[tuple[Any, ...]] = set()
+        for row in found:
+            group = tuple(row[f"g{i}"] for i in range(len(self.by)))
+            groups.add(group)
+            by_key[(*group, row["b"] if self.buckets else None)] = row
+        if not self.by:
+            groups.add(())
+        ordered = sorted(groups, key=lambda g: tuple(_sort_key(v) for v in g))
+        result = []
+        buckets = self.buckets
+        if buckets is None:
+            for group in ordered:
+                result.append(
+                    (
+                        self.since,
+                        self.until,
+                        dict(zip(self.by, group, strict=True)),
+                        by_key.get((*group, None)),
+                    )
+                )
+            return result
+        first = buckets.key(self.since)
+        last = buckets.key(self.until - timedelta(microseconds=1))
+        for key in range(first, last + 1):
+            start, end = buckets.start(key), buckets.start(key + 1)
+            for group in ordered:
+                result.append(
+                    (start, end, dict(zip(self.by, group, strict=True)), by_key.get((*group, key)))
+                )
+        return result
+
+
+def _query(
+    db: Database,
+    since: TimeArg,
+    until: TimeArg,
+    by: str | Iterable[str],
+    bucket: str | None,
+    tz: str | tzinfo | None,
+    where: Where,
+    now: datetime | None,
+) -> _Query:
+    zone = _zone(tz)
+    start, end = _window(since, until, now, zone)
+    return _Query(
+        since=start,
+        until=end,
+        by=_group_names(by),
+        buckets=_make_buckets(bucket, zone, start, end),
+        conditions=tuple(_where_events(db, where)),
+    )
+
+
+async def usage(
+    db: Database,
+    *,
+    since: TimeArg = "24h",
+    until: TimeArg = None,
+    by: str | Iterable[str] = (),
+    bucket: Bucket | None = None,
+    tz: str | tzinfo | None = None,
+    where: Where | None = None,
+    now: datetime | None = None,
+) -> list[UsageRow]:
+    """Requests, errors, rate limits, retries, tokens and users of the LLM calls in
+    ``[since, until)``, per group of ``by`` (see :data:`GROUPS`) and per ``bucket``.
+
+    ``until`` defaults to ``now`` (the current time; pass it for repeatable windows).
+    Bucketed results have a row for every bucket of the window and every group found,
+    zeros where there were no calls; without ``by`` and ``bucket``, one total row.
+    ``ValueError`` names the argument that is wrong.
+    """
+    q = _query(db, since, until, by, bucket, tz, where or {}, now)
+    completion_ok = and_(events.completion_tokens.is_not(None), events.request_latency_ms > 0)
+    base = q.base(
+        db,
+        {
+            "error": case((events.error.is_not(None), 1), else_=0),
+            "limited": case((events.rate_limited.is_(true()), 1), else_=0),
+            "retried": case((events.retries > 0, 1), else_=0),
+            "retries": events.retries,
+            "prompt": events.prompt_tokens,
+            "completion": events.completion_tokens,
+            "total": events.total_tokens,
+            "user_id": events.user_id,
+            "tps_tokens": case((completion_ok, events.completion_tokens), else_=null()),
+            "tps_ms": case((completion_ok, events.request_latency_ms), else_=null()),
+        },
+    )
+    group = [base.c[k] for k in q.keys]
+    statement = select(
+        *group,
+        func.count().label("requests"),
+        func.sum(base.c.error).label("errors"),
+        func.sum(base.c.limited).label("rate_limited"),
+        func.sum(base.c.retried).label("retried"),
+        func.sum(base.c.retries).label("retries"),
+        func.sum(base.c.prompt).label("prompt_tokens"),
+        func.sum(base.c.completion).label("completion_tokens"),
+        func.sum(base.c.total).label("total_tokens"),
+        func.count(base.c.user_id.distinct()).label("users"),
+        func.sum(base.c.tps_tokens).label("tps_tokens"),
+        func.sum(base.c.tps_ms).label("tps_ms"),
+    ).group_by(*group)
+    found = await _fetch(db, statement, "reading usage")
+    result = []
+    for start, end, names, row in q.rows(found):
+        values = row or {}
+
+        def number(name: str, values: Mapping[str, Any] = values) -> int:
+            return int(values.get(name) or 0)
+
+        tps_ms = number("tps_ms")
+        result.append(
+            UsageRow(
+                start=start,
+                end=end,
+                group=names,
+                requests=number("requests"),
+                errors=number("errors"),
+                rate_limited=number("rate_limited"),
+                retried=number("retried"),
+                retries=number("retries"),
+                prompt_tokens=number("prompt_tokens"),
+                completion_tokens=number("completion_tokens"),
+                total_tokens=number("total_tokens"),
+                users=number("users"),
+                output_tokens_per_second=(number("tps_tokens") * 1000 / tps_ms if tps_ms else None),
+            )
+        )
+    return result
+
+
+async def latency(
+    db: Database,
+    *,
+    since: TimeArg = "24h",
+    until: TimeArg = None,
+    by: str | Iterable[str] = (),
+    bucket: Bucket | None = None,
+    tz: str | tzinfo | None = None,
+    where: Where | None = None,
+    now: datetime | None = None,
+) -> list[LatencyRow]:
+    """Average and exact percentiles of request and total latency of the LLM calls, per
+    group and bucket as in :func:`usage` (same arguments, same rows in the same order)."""
+    q = _query(db, since, until, by, bucket, tz, where or {}, now)
+    base = q.base(db, {"req": events.request_latency_ms, "tot": events.total_latency_ms})
+    found = await _fetch(
+        db, _percentile_select(db, base, q.keys, ["req", "tot"]), "reading latency"
+    )
+    empty: Mapping[str, Any] = {}
+    return [
+        LatencyRow(
+            start=start,
+            end=end,
+            group=names,
+            request=_stats(row or empty, "req"),
+            total=_stats(row or empty, "tot"),
+        )
+        for start, end, names, row in q.rows(found)
+    ]
+
+
+# -- runs and steps ----------------------------------------------------------------------
+
+
+def _run_conditions(
+    since: datetime, until: datetime, workflow: str | None, status: str | None
+) -> list[ColumnElement[bool]]:
+    conditions = [runs.created_at >= since, runs.created_at < until]
+    if workflow is not None:
+        conditions.append(runs.name == workflow)
+    if status is not None:
+        conditions.append(runs.status == status)
+    return conditions
+
+
+def _run_window(
+    since: TimeArg, until: TimeArg, tz: str | tzinfo | None, now: datetime | None
+) -> tuple[datetime, datetime]:
+    return _window(since, until, now, _zone(tz))
+
+
+def _duration_ms(
+    db: Database, start: ColumnElement[Any], end: ColumnElement[Any]
+) -> ColumnElement[int]:
+    """Whole milliseconds from ``start`` to ``end``, computed in integers on both backends."""
+    return (_epoch_us(db, end) - _epoch_us(db, start)) // 1000
+
+
+async def run_status_counts(
+    db: Database,
+    *,
+    since: TimeArg = "24h",
+    until: TimeArg = None,
+    workflow: str | None = None,
+    tz: str | tzinfo | None = None,
+    now: datetime | None = None,
+) -> list[RunStatusCount]:
+    """Runs started in the window, per workflow (the run's name) and status."""
+    start, end = _run_window(since, until, tz, now)
+    statement = (
+        select(runs.name, runs.status, func.count().label("runs"))
+        .where(*_run_conditions(start, end, workflow, None))
+        .group_by(runs.name, runs.status)
+    )
+    found = await _fetch(db, statement, "counting runs")
+    rows = [RunStatusCount(r["name"], r["status"], int(r["runs"])) for r in found]
+    return sorted(rows, key=lambda r: (_sort_key(r.workflow), r.status))
+
+
+async def run_durations(
+    db: Database,
+    *,
+    since: TimeArg = "24h",
+    until: TimeArg = None,
+    workflow: str | None = None,
+    tz: str | tzinfo | None = None,
+    now: datetime | None = None,
+) -> list[RunDuration]:
+    """Duration percentiles per workflow of the runs started in the window that have
+    ended (any status but ``started``): start to last update."""
+    start, end = _run_window(since, until, tz, now)
+    base = (
+        select(
+            runs.name.label("g0"),
+            _duration_ms(db, runs.created_at, runs.updated_at).label("dur"),
+        )
+        .where(*_run_conditions(start, end, workflow, None), runs.status != "started")
+        .subquery("ended")
+    )
+    found = await _fetch(db, _percentile_select(db, base, ["g0"], ["dur"]), "reading run durations")
+    rows = [RunDuration(r["g0"], _stats(r, "dur")) for r in found]
+    return sorted(rows, key=lambda r: _sort_key(r.workflow))
+
+
+def _step_counts() -> Subquery:
+    return (
+        select(
+            steps.run_id,
+            func.count().label("steps"),
+            func.sum(case((steps.status == "error", 1), else_=0)).label("failed"),
+        )
+        .group_by(steps.run_id)
+        .subquery("step_counts")
+    )
+
+
+def _run_row(row: Mapping[str, Any]) -> RunRow:
+    return RunRow(
+        id=row["id"],
+        workflow=row["name"],
+        status=row["status"],
+        application=row["application"],
+        environment=row["environment"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        duration_ms=None if row["status"] == "started" else int(row["duration_ms"]),
+        steps=int(row["steps"] or 0),
+        failed_steps=int(row["failed"] or 0),
+    )
+
+
+def _runs_select(db: Database) -> Select[Any]:
+    counts = _step_counts()
+    return select(
+        runs.id,
+        runs.name,
+        runs.status,
+        runs.application,
+        runs.environment,
+        runs.created_at,
+        runs.updated_at,
+        _duration_ms(db, runs.created_at, runs.updated_at).label("duration_ms"),
+        counts.c.steps,
+        counts.c.failed,
+    ).outerjoin(counts, counts.c.run_id == runs.id)
+
+
+async def list_runs(
+    db: Database,
+    *,
+    since: TimeArg = "24h",
+    until: TimeArg = None,
+    workflow: str | None = None,
+    status: str | None = None,
+    order: Literal["recent", "slowest"] = "recent",
+    limit: int = 20,
+    tz: str | tzinfo | None = None,
+    now: datetime | None = None,
+) -> list[RunRow]:
+    """Runs started in the window with their step counts: the most recent first, or
+    the slowest ended ones first (``order="slowest"``)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    if order not in ("recent", "slowest"):
+        raise ValueError(f"order must be 'recent' or 'slowest', got {order!r}")
+    start, end = _run_window(since, until, tz, now)
+    statement = _runs_select(db).where(*_run_conditions(start, end, workflow, status))
+    if order == "slowest":
+        duration = _duration_ms(db, runs.created_at, runs.updated_at)
+        statement = statement.where(runs.status != "started").order_by(duration.desc(), runs.id)
+    else:
+        statement = statement.order_by(runs.created_at.desc(), runs.id)
+    found = await _fetch(db, statement.limit(limit), "listing runs")
+    return [_run_row(r) for r in found]
+
+
+async def get_run(db: Database, run_id: uuid.UUID | str) -> RunDetail | None:
+    """One run and its steps in start order (steps never started last), or ``None``."""
+    try:
+        key = run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
+    except ValueError:
+        raise ValueError(f"run_id must be a UUID, got {run_id!r}") from None
+    found = await _fetch(db, _runs_select(db).where(runs.id == key), "reading a run")
+    if not found:
+        return None
+    run = _run_row(found[0])
+    statement = (
+        select(
+            steps.id,
+            steps.type,
+            steps.name,
+            steps.status,
+            steps.parent_step,
+            steps.start_time,
+            steps.end_time,
+            _duration_ms(db, runs.created_at, steps.start_time).label("offset_ms"),
+            _duration_ms(db, steps.start_time, steps.end_time).label("duration_ms"),
+        )
+        .join(chronicle_runs, runs.id == steps.run_id)
+        .where(steps.run_id == key)
+    )
+    rows = await _fetch(db, statement, "reading a run's steps")
+    calls = await _fetch(
+        db,
+        select(func.count().label("n")).where(events.run_id == key, events.event_type == LLM_CALL),
+        "counting a run's calls",
+    )
+    step_rows = [
+        StepRow(
+            id=r["id"],
+            type=r["type"],
+            name=r["name"],
+            status=r["status"],
+            parent_step=r["parent_step"],
+            start_time=r["start_time"],
+            end_time=r["end_time"],
+            offset_ms=None if r["offset_ms"] is None else int(r["offset_ms"]),
+            duration_ms=None if r["duration_ms"] is None else int(r["duration_ms"]),
+        )
+        for r in rows
+    ]
+    far = datetime.max.replace(tzinfo=UTC)
+    step_rows.sort(key=lambda s: (s.start_time or s.end_time or far, str(s.id)))
+    return RunDetail(run=run, steps=step_rows, llm_calls=int(calls[0]["n"]))
+
+
+async def step_failures(
+    db: Database,
+    *,
+    since: TimeArg = "24h",
+    until: TimeArg = None,
+    workflow: str | None = None,
+    tz: str | tzinfo | None = None,
+    now: datetime | None = None,
+) -> list[StepFailures]:
+    """Steps of the runs started in the window, per type and name, with how many failed;
+    the most failing first."""
+    start, end = _run_window(since, until, tz, now)
+    statement = (
+        select(
+            steps.type,
+            steps.name,
+            func.count().label("steps"),
+            func.sum(case((steps.status == "error", 1), else_=0)).label("failed"),
+        )
+        .join(chronicle_runs, runs.id == steps.run_id)
+        .where(*_run_conditions(start, end, workflow, None))
+        .group_by(steps.type, steps.name)
+    )
+    found = await _fetch(db, statement, "counting step failures")
+    rows = [StepFailures(r["type"], r["name"], int(r["steps"]), int(r["failed"])) for r in found]
+    return sorted(rows, key=lambda r: (-r.failed, -r.steps, _sort_key(r.type), _sort_key(r.name)))
+
+
+async def top_errors(
+    db: Database,
+    *,
+    since: TimeArg = "24h",
+    until: TimeArg = None,
+    where: Where | None = None,
+    limit: int = 10,
+    tz: str | tzinfo | None = None,
+    now: datetime | None = None,
+) -> list[ErrorCount]:
+    """The most frequent errors of LLM calls, by the error's ``type`` and ``message``
+    (an error that is not an object counts as a message of no type)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    zone = _zone(tz)
+    start, end = _window(since, until, now, zone)
+    is_object: ColumnElement[bool]
+    kind: ColumnElement[Any]
+    if db.dialect == "postgresql":
+        is_object = func.jsonb_typeof(events.error) == "object"
+        kind = events.error.op("->>")(literal("type"))
+        message = case(
+            (is_object, events.error.op("->>")(literal("message"))),
+            else_=events.error.op("#>>")(cast(literal("{}"), ARRAY(Text))),
+        )
+    else:
+        is_object = func.json_type(events.error) == "object"
+        kind = func.json_extract(events.error, literal("$.type"))
+        message = case(
+            (is_object, func.json_extract(events.error, literal("$.message"))),
+            else_=func.json_extract(events.error, literal("$")),
+        )
+    base = (
+        select(
+            case((is_object, kind), else_=null()).label("kind"),
+            func.substr(message, 1, 200).label("message"),
+            events.created_at,
+        )
+        .where(
+            events.event_type == LLM_CALL,
+            events.error.is_not(None),
+            events.created_at >= start,
+            events.created_at < end,
+            *_where_events(db, where or {}),
+        )
+        .subquery("errors")
+    )
+    statement = select(
+        base.c.kind,
+        base.c.message,
+        func.count().label("n"),
+        func.max(base.c.created_at).label("last"),
+    ).group_by(base.c.kind, base.c.message)
+    found = await _fetch(db, statement, "counting errors")
+    rows = [
+        ErrorCount(
+            type=None if r["kind"] is None else str(r["kind"]),
+            message=None if r["message"] is None else str(r["message"]),
+            count=int(r["n"]),
+            last_seen=_as_utc(r["last"]),
+        )
+        for r in found
+    ]
+    rows.sort(key=lambda r: (-r.count, _sort_key(r.type), _sort_key(r.message)))
+    return rows[:limit]
+
+
+def _as_utc(value: Any) -> datetime:
+    """``max(created_at)`` loses the column type on SQLite: parse its text back."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+
+# -- the stable JSON form ----------------------------------------------------------------
+
+STATS_KEYS: Final = (
+    "start",
+    "end",
+    "group",
+    "requests",
+    "errors",
+    "error_rate",
+    "rate_limited",
+    "rate_limited_rate",
+    "retried",
+    "retry_rate",
+    "retries",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "users",
+    "output_tokens_per_second",
+    "latency_ms",
+    "total_latency_ms",
+)
+"""The keys of every object of :func:`stats_records`, in order. A contract for scripts
+(per-tenant billing): keys are only ever added, never renamed or removed."""
+
+LATENCY_KEYS: Final = ("count", "avg", "p50", "p75", "p90", "p95", "p99")
+
+
+def iso_utc(value: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``: the one time format of the JSON output."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _latency_json(stats: LatencyStats) -> dict[str, Any]:
+    return {key: getattr(stats, key) for key in LATENCY_KEYS}
+
+
+def stats_records(
+    usage_rows: Sequence[UsageRow], latency_rows: Sequence[LatencyRow]
+) -> list[dict[str, Any]]:
+    """:func:`usage` and :func:`latency` rows of the same arguments as JSON objects with
+    the keys :data:`STATS_KEYS`: times in UTC, ``group`` an object of the ``by`` names,
+    rates as fractions (``null`` without requests), latency objects of
+    :data:`LATENCY_KEYS` in milliseconds."""
+    records = []
+    for use, lat in zip(usage_rows, latency_rows, strict=True):
+        if (use.start, use.end, dict(use.group)) != (lat.start, lat.end, dict(lat.group)):
+            raise ValueError("usage_rows and latency_rows must come from the same arguments")
+        records.append(
+            {
+                "start": iso_utc(use.start),
+                "end": iso_utc(use.end),
+                "group": dict(use.group),
+                "requests": use.requests,
+                "errors": use.errors,
+                "error_rate": use.error_rate,
+                "rate_limited": use.rate_limited,
+                "rate_limited_rate": use.rate_limited_rate,
+                "retried": use.retried,
+                "retry_rate": use.retry_rate,
+                "retries": use.retries,
+                "prompt_tokens": use.prompt_tokens,
+                "completion_tokens": use.completion_tokens,
+                "total_tokens": use.total_tokens,
+                "users": use.users,
+                "output_tokens_per_second": use.output_tokens_per_second,
+                "latency_ms": _latency_json(lat.request),
+                "total_latency_ms": _latency_json(lat.total),
+            }
+        )
+    return records
+
+
+def flat_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A :func:`stats_records` object with its nested objects spread out (``group``'s
+    names as columns, ``latency_ms_p95``...): one CSV row."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if key == "group":
+            flat.update(value)
+        elif isinstance(value, Mapping):
+            flat.update({f"{key}_{inner}": v for inner, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
