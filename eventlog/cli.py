@@ -978,40 +978,51 @@ def _print_stats(
     until: datetime,
 ) -> None:
     shown = zone or UTC
-    spec = "%Y-%m-%d %H:%M" if bucket in ("minute", "hour") else "%Y-%m-%d"
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    if bucket is not None:
-        table.add_column(f"{bucket} ({'UTC' if zone is None else zone.key})", no_wrap=True)
     names = list(dict.fromkeys(by))
-    for name in names:
-        longest = max((len(str(use.group.get(name))) for use in usage), default=4)
-        table.add_column(name, no_wrap=True, min_width=min(max(longest, len(name)), 32))
-    # A narrow terminal gets the essential columns; --format json or csv has them all.
+    # A narrow terminal gets the essential columns (and, with a time column too, no
+    # p99, and no year); --format json or csv has them all.
     wide = console.width >= 120
-    titles = ["calls", "errors"]
-    titles += ["rate-ltd", "retried"] if wide else []
-    titles += ["tokens in", "tokens out"] if wide else ["tok in", "tok out"]
-    titles += ["users", "tok/s"] if wide else []
-    titles += ["p50 ms", "p95 ms", "p99 ms"] if wide else ["p50", "p95", "p99"]
-    for title in titles:
-        table.add_column(title, justify="right", no_wrap=True)
+    spec = "%Y-%m-%d" if wide else "%m-%d"
+    if bucket in ("minute", "hour"):
+        spec += " %H:%M"
+    short = not wide and bucket is not None and bool(names)
+    headers: list[str] = []
+    if bucket is not None:
+        headers.append(f"{bucket} ({'UTC' if zone is None else zone.key})")
+    headers += names
+    headers += ["calls", "errors"]
+    headers += ["rate-ltd", "retried"] if wide else []
+    headers += ["tokens in", "tokens out"] if wide else ["tok in", "tok out"]
+    headers += ["users", "tok/s"] if wide else []
+    headers += ["p50 ms", "p95 ms", "p99 ms"] if wide else ["p50", "p95"]
+    if not wide and not short:
+        headers.append("p99")
+    rows: list[list[str]] = []
     for use, lat in zip(usage, latency, strict=True):
         cells = [] if bucket is None else [f"{use.start.astimezone(shown):{spec}}"]
         cells += [escape(str(value)) if value is not None else "-" for value in use.group.values()]
         tps = use.output_tokens_per_second
-        cells += [
-            f"{use.requests:,}",
-            f"{use.errors:,} {_percent(use.error_rate)}"
-            if use.errors and wide
-            else f"{use.errors:,}",
-        ]
+        errors = f"{use.errors:,}"
+        cells += [f"{use.requests:,}", f"{errors} {_percent(use.error_rate)}" if wide else errors]
         if wide:
             cells += [_percent(use.rate_limited_rate), _percent(use.retry_rate)]
         cells += [f"{use.prompt_tokens:,}", f"{use.completion_tokens:,}"]
         if wide:
             cells += [f"{use.users:,}", "-" if tps is None else f"{tps:,.1f}"]
-        cells += [_ms(lat.request.p50), _ms(lat.request.p95), _ms(lat.request.p99)]
-        table.add_row(*cells)
+        cells += [_ms(lat.request.p50), _ms(lat.request.p95)]
+        if not short:
+            cells.append(_ms(lat.request.p99))
+        rows.append(cells)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    texts = (1 if bucket is not None else 0) + len(names)  # left-aligned columns
+    for i, header in enumerate(headers):
+        # Each column as wide as its widest cell: numbers are never cut short.
+        width = max([len(header), *(len(row[i]) for row in rows)])
+        table.add_column(
+            header, justify="left" if i < texts else "right", no_wrap=True, min_width=width
+        )
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     total = sum(use.requests for use in usage)
     console.print(
