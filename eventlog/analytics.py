@@ -389,6 +389,8 @@ def _utc_offsets(zone: tzinfo, start: datetime, end: datetime) -> list[tuple[dat
         delta = at.astimezone(zone).utcoffset()
         return 0 if delta is None else int(delta.total_seconds())
 
+    # Offsets change on whole seconds: searching from one finds the change exactly.
+    start = start.replace(microsecond=0)
     changes = [(start, offset(start))]
     probe = start
     step = timedelta(hours=1)
@@ -722,7 +724,9 @@ class _Query:
         first = buckets.key(self.since)
         last = buckets.key(self.until - timedelta(microseconds=1))
         for key in range(first, last + 1):
-            start, end = buckets.start(key), buckets.start(key + 1)
+            # The first and last buckets cover only the part inside the window.
+            start = max(buckets.start(key), self.since)
+            end = min(buckets.start(key + 1), self.until)
             for group in ordered:
                 result.append(
                     (start, end, dict(zip(self.by, group, strict=True)), by_key.get((*group, key)))

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Table, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, delete, exists, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -289,15 +289,22 @@ async def _delete_runs(batches: _Batches, cutoff: datetime, batch_size: int) -> 
     runs = chronicle_runs.c
     runs_deleted = steps_deleted = 0
 
+    steps = chronicle_steps.c
+    # Step events do not touch their run's row: a run whose steps are still recent is
+    # alive, however old its own updated_at.
+    quiet = ~exists().where(
+        steps.run_id == runs.id, or_(steps.start_time >= cutoff, steps.end_time >= cutoff)
+    )
+
     async def apply(conn: AsyncConnection, condition: ColumnElement[bool]) -> int:
         nonlocal runs_deleted, steps_deleted
-        batch = select(runs.id).where(condition).order_by(runs.updated_at).limit(batch_size)
+        batch = select(runs.id).where(condition, quiet).order_by(runs.updated_at).limit(batch_size)
         candidates = list((await conn.execute(batch)).scalars())
         for i in range(0, len(candidates), _IDS_PER_STATEMENT):
             chunk = candidates[i : i + _IDS_PER_STATEMENT]
             # updated_at checked again: a run updated since the select (PostgreSQL
             # re-reads the row it waited for) is active again and keeps its steps.
-            gone = delete(chronicle_runs).where(runs.id.in_(chunk), runs.updated_at < cutoff)
+            gone = delete(chronicle_runs).where(runs.id.in_(chunk), runs.updated_at < cutoff, quiet)
             ids = list((await conn.execute(gone.returning(runs.id))).scalars())
             runs_deleted += len(ids)
             if ids:

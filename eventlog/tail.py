@@ -115,7 +115,7 @@ async def follow(
                 last = key
             yield row
         if last is not None:
-            oldest = last[0] - lag
+            oldest = min(last[0], utc_now()) - lag
             recent = {i: t for i, t in recent.items() if t >= oldest}
         if len(page) < page_size:  # caught up: wait for more (else read the next page now)
             await asyncio.sleep(poll)
@@ -154,7 +154,9 @@ async def _late(
     """Rows up to ``lag`` before ``last`` that were committed after it was read: ids
     first (cheap), whole rows only for the ids not yielded yet."""
     at, id_ = last
-    floor = max(start, at - lag)
+    # From the wall clock, not the newest event: one event stamped in the future (a
+    # client's fast clock) must not hide the ones after it.
+    floor = max(start, min(at, utc_now()) - lag)
     window = and_(
         _events.created_at >= floor,
         or_(_events.created_at < at, and_(_events.created_at == at, _events.id <= id_)),

@@ -309,13 +309,23 @@ async def test_weeks_start_on_monday_and_months_on_the_first_in_local_time(
     loaded: Database,
 ) -> None:
     weeks = await an.usage(loaded, since=SINCE, until=UNTIL, bucket="week", tz=BERLIN)
-    assert [r.start.astimezone(BERLIN) for r in weeks] == [
-        datetime(2026, 3, 23, tzinfo=BERLIN),
-        datetime(2026, 3, 30, tzinfo=BERLIN),
+    # The week of Monday 23 March, from the window's start; then the week of Monday 30
+    # March, up to the window's end: partial buckets say what they cover.
+    assert [(r.start, r.end) for r in weeks] == [
+        (SINCE, datetime(2026, 3, 30, tzinfo=BERLIN)),
+        (datetime(2026, 3, 30, tzinfo=BERLIN), UNTIL),
     ]
     months = await an.usage(loaded, since=SINCE, until=UNTIL, bucket="month", tz=BERLIN)
-    assert [r.start.astimezone(BERLIN) for r in months] == [datetime(2026, 3, 1, tzinfo=BERLIN)]
-    assert months[0].end.astimezone(BERLIN) == datetime(2026, 4, 1, tzinfo=BERLIN)
+    assert [(r.start, r.end) for r in months] == [(SINCE, UNTIL)]
+    full = await an.usage(
+        loaded,
+        since=datetime(2026, 3, 1, tzinfo=BERLIN),
+        until=datetime(2026, 4, 1, tzinfo=BERLIN),
+        bucket="month",
+        tz=BERLIN,
+    )
+    assert full[0].start.astimezone(BERLIN) == datetime(2026, 3, 1, tzinfo=BERLIN)
+    assert full[0].end.astimezone(BERLIN) == datetime(2026, 4, 1, tzinfo=BERLIN)
     assert sum(r.requests for r in weeks) == months[0].requests == len(CALLS)
 
 

@@ -293,3 +293,26 @@ def test_cli_prune_bad_usage_exits_2_naming_the_option(
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+async def test_a_run_with_recent_steps_is_alive_however_old_its_start(db: Database) -> None:
+    now = utc_now()
+    run_id, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await db.write_log_batch(
+        [
+            RunStartEvent(id=run_id, name="long", time=now - timedelta(hours=2)),
+            StepStartEvent(
+                step_id=first, run_id=run_id, type="llm", time=now - timedelta(minutes=2)
+            ),
+            StepStartEvent(
+                step_id=second, run_id=run_id, type="llm", time=now - timedelta(seconds=5)
+            ),
+        ]
+    )
+    # Step events do not touch the run's updated_at: its steps say it is alive.
+    result = await prune(db, older_than=timedelta(hours=1))
+    assert (result.runs_deleted, result.steps_deleted) == (0, 0)
+    async with db.engine.connect() as conn:
+        assert (await conn.execute(select(chronicle_runs.c.id))).scalars().all() == [run_id]
+        steps = (await conn.execute(select(chronicle_steps.c.id))).scalars().all()
+    assert sorted(steps) == sorted([first, second])

@@ -111,13 +111,15 @@ async def test_events_sharing_one_created_at_are_told_apart_by_id(db: Database) 
 
 
 async def test_a_row_committed_later_than_lag_is_missed_as_documented(db: Database) -> None:
-    start = utc_now()
+    start = utc_now() - timedelta(minutes=10)
     rows = follow(db, since=start, poll_interval=FAST, lag=timedelta(seconds=1))
-    newer = EventPayload(type="newer", time=start + timedelta(minutes=5))
+    newer = EventPayload(type="newer", time=utc_now())
     await db.write_log_batch([newer])
     assert [row["id"] for row in await take(rows, 1)] == [newer.id]
-    await db.write_log_batch([EventPayload(type="too late", time=start + timedelta(minutes=1))])
-    sentinel = EventPayload(type="sentinel", time=start + timedelta(minutes=6))
+    # Stamped five minutes ago, committed now: far more than `lag` late.
+    late = EventPayload(type="too late", time=utc_now() - timedelta(minutes=5))
+    await db.write_log_batch([late])
+    sentinel = EventPayload(type="sentinel", time=utc_now() + timedelta(seconds=1))
     await db.write_log_batch([sentinel])
     assert [row["id"] for row in await take(rows, 1)] == [sentinel.id]
     await rows.aclose()
@@ -229,3 +231,17 @@ async def test_cli_tail_ends_with_status_0_on_ctrl_c(db: Database, db_url: str) 
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_an_event_stamped_in_the_future_does_not_hide_the_ones_after_it(
+    db: Database,
+) -> None:
+    start = utc_now()
+    rows = follow(db, since=start, poll_interval=FAST, lag=timedelta(seconds=10))
+    skewed = EventPayload(type="fast clock", time=utc_now() + timedelta(hours=1))
+    await db.write_log_batch([skewed])
+    assert [row["id"] for row in await take(rows, 1)] == [skewed.id]
+    normal = [EventPayload(type="normal", time=utc_now()) for _ in range(3)]
+    await db.write_log_batch(normal)
+    assert sorted(row["id"] for row in await take(rows, 3)) == sorted(e.id for e in normal)
+    await rows.aclose()
