@@ -58,6 +58,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import KeyedColumnElement
 
+from eventlog._checks import positive_int
 from eventlog.database import Database
 from eventlog.exceptions import DatabaseError
 from eventlog.schema import chronicle_events, chronicle_runs, chronicle_steps
@@ -996,8 +997,7 @@ async def list_runs(
 ) -> list[RunRow]:
     """Runs started in the window with their step counts: the most recent first, or
     the slowest ended ones first (``order="slowest"``)."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    positive_int("limit", limit)
     if order not in ("recent", "slowest"):
         raise ValueError(f"order must be 'recent' or 'slowest', got {order!r}")
     start, end = _run_window(since, until, tz, now)
@@ -1101,8 +1101,7 @@ async def top_errors(
 ) -> list[ErrorCount]:
     """The most frequent errors of LLM calls, by the error's ``type`` and ``message``
     (an error that is not an object counts as a message of no type)."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    positive_int("limit", limit)
     zone = _zone(tz)
     start, end = _window(since, until, now, zone)
     is_object: ColumnElement[bool]

@@ -22,14 +22,12 @@ Exit and fork are the two ways such a thread goes wrong, so both are handled her
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 
 # Imported before the exit hook is registered, so that its own hook (which shuts the thread
 # pools down) runs after ours: threading's exit hooks run in reverse order.
 import concurrent.futures.thread
 import enum
-import math
 import os
 import threading
 import time
@@ -39,7 +37,10 @@ from typing import Any, Final
 
 from sqlalchemy.engine import URL
 
+from eventlog._checks import seconds
+from eventlog._checks import timeout as check_timeout
 from eventlog._log import logger
+from eventlog._process import at_exit
 from eventlog.channel import LogSender, _as_message
 from eventlog.database import Database, open_database
 from eventlog.events import ENTRY_TYPES, ProxyLogEntry
@@ -83,16 +84,8 @@ def start_background_logger(
     """
     if not isinstance(migrate, bool):
         raise TypeError(f"migrate must be a bool, got {type(migrate).__name__}")
-    if (
-        isinstance(atexit_timeout, bool)
-        or not isinstance(atexit_timeout, (int, float))
-        or not math.isfinite(atexit_timeout)
-        or atexit_timeout < 0
-    ):
-        raise ValueError(
-            f"atexit_timeout must be a finite number of seconds >= 0, got {atexit_timeout!r}"
-        )
-    return BackgroundLogger(url, migrate, float(atexit_timeout), max_json_bytes, options)
+    exit_timeout = seconds("atexit_timeout", atexit_timeout)
+    return BackgroundLogger(url, migrate, exit_timeout, max_json_bytes, options)
 
 
 class _State(enum.Enum):
@@ -165,15 +158,7 @@ class BackgroundLogger:
         the background. Without it the writer's ``close_timeout`` bounds the retries of
         an unavailable database. Closing twice is harmless.
         """
-        if timeout is not None:
-            if (
-                isinstance(timeout, bool)
-                or not isinstance(timeout, (int, float))
-                or not (timeout >= 0)
-            ):
-                raise ValueError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
-            if math.isinf(timeout):
-                timeout = None
+        timeout = check_timeout("timeout", timeout)
         runtime = self._runtime_here(start=False)
         if runtime is not None and threading.get_ident() == runtime.thread.ident:
             raise RuntimeError("close() cannot wait for the logger on the logger's own thread")
@@ -519,13 +504,7 @@ def _after_fork_in_child() -> None:
 
 
 def _register_hooks() -> None:
-    register = getattr(threading, "_register_atexit", None)
-    try:
-        if register is None:
-            raise RuntimeError("no threading._register_atexit")
-        register(_close_all_at_exit)
-    except RuntimeError:  # another Python, or imported during shutdown
-        atexit.register(_close_all_at_exit)
+    at_exit(_close_all_at_exit)
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(
             before=_before_fork,

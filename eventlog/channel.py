@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final, Literal
 
+from eventlog._checks import timeout as check_timeout
 from eventlog._log import in_own_logging, logger
 from eventlog.events import ENTRY_TYPES, ProxyLogEntry
 from eventlog.records import entry_to_record
@@ -245,15 +246,9 @@ class LogSender:
         ``spool_dir``) or is counted in ``failed``. Returns the final stats. Closing
         twice is harmless.
         """
-        if timeout is not None:
-            if (
-                isinstance(timeout, bool)
-                or not isinstance(timeout, (int, float))
-                or not (timeout >= 0)
-            ):
-                raise ValueError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
-            if not self._closed:
-                self._close_timeout = min(self._close_timeout, float(timeout))
+        timeout = check_timeout("timeout", timeout)
+        if timeout is not None and not self._closed:
+            self._close_timeout = min(self._close_timeout, timeout)
         self.close()
         task = self._task
         if task is not None and not task.done():
@@ -514,12 +509,9 @@ class LogSender:
             if self._queue or self._closed:
                 return
             waiter = self._spool_waiter = loop.create_future()
-        timer = None if delay is None else loop.call_later(max(delay, 0.0), self._wake)
         try:
-            await waiter
+            await self._sleep(waiter, delay)
         finally:
-            if timer is not None:
-                timer.cancel()
             with self._lock:
                 self._spool_waiter = None
 
@@ -532,15 +524,21 @@ class LogSender:
                 return
             waiter = self._waiter = loop.create_future()
             self._wake_at = wake_at
-        timer = None if delay is None else loop.call_later(max(delay, 0.0), self._wake)
+        try:
+            await self._sleep(waiter, delay)
+        finally:
+            with self._lock:
+                self._wake_at = _NEVER
+                self._waiter = None
+
+    async def _sleep(self, waiter: asyncio.Future[None], delay: float | None) -> None:
+        """Await ``waiter``, which :meth:`_wake` also resolves after ``delay`` seconds."""
+        timer = None if delay is None else self._loop.call_later(max(delay, 0.0), self._wake)
         try:
             await waiter
         finally:
             if timer is not None:
                 timer.cancel()
-            with self._lock:
-                self._wake_at = _NEVER
-                self._waiter = None
 
     def _record_write(
         self,

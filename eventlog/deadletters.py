@@ -33,6 +33,7 @@ from sqlalchemy import Select, delete, func, insert, inspect, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from eventlog._checks import positive_int
 from eventlog.database import Database
 from eventlog.events import ENTRY_TYPES, ProxyLogEntry, to_utc, utc_now
 from eventlog.exceptions import DatabaseError, InvalidEventError
@@ -259,8 +260,7 @@ async def _write_one(db: Database, entry: ProxyLogEntry) -> str | None:
 
 
 def _check_limit(limit: int | None) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    positive_int("limit", limit, optional=True)
 
 
 def _storable(text: str) -> str:

@@ -49,6 +49,7 @@ from eventlog.parse import LLM_EVENT_TYPE, _kind, _time, parse_entry
 __all__ = [
     "FASTCHAT_DEFAULT_TYPE",
     "MAX_DEPTH",
+    "RESERVED_TYPES",
     "BadRequest",
     "EventError",
     "HeaderMetadata",
@@ -331,17 +332,16 @@ def _fastchat_time(obj: Mapping[str, Any]) -> datetime:
     return utc_now()
 
 
-_RESERVED: Final = frozenset(
-    {
-        RunStartEvent.TYPE,
-        RunUpdateEvent.TYPE,
-        StepStartEvent.TYPE,
-        StepEndEvent.TYPE,
-        StepErrorEvent.TYPE,
-        StepStateEvent.TYPE,
-        LLM_EVENT_TYPE,
-    }
+RESERVED_TYPES: Final = (
+    RunStartEvent.TYPE,
+    RunUpdateEvent.TYPE,
+    StepStartEvent.TYPE,
+    StepEndEvent.TYPE,
+    StepErrorEvent.TYPE,
+    StepStateEvent.TYPE,
+    LLM_EVENT_TYPE,
 )
+"""The ``type`` values that make an event a run, step or LLM-call event, not a generic one."""
 
 
 def _fastchat_type(obj: Mapping[str, Any]) -> str:
@@ -350,7 +350,7 @@ def _fastchat_type(obj: Mapping[str, Any]) -> str:
         if isinstance(value, str) and value:
             # A flat object is a generic event: it may not pass for a run, a step or an
             # LLM call by its type alone.
-            return FASTCHAT_DEFAULT_TYPE if value in _RESERVED else value
+            return FASTCHAT_DEFAULT_TYPE if value in RESERVED_TYPES else value
     return FASTCHAT_DEFAULT_TYPE
 
 

@@ -18,19 +18,11 @@ from eventlog.events import (
     StepStartEvent,
     StepStateEvent,
 )
+from eventlog.ingest import RESERVED_TYPES
 from eventlog.parse import LLM_EVENT_TYPE
 
 __all__ = ["openapi_schema"]
 
-_RESERVED_TYPES: Final = [
-    RunStartEvent.TYPE,
-    RunUpdateEvent.TYPE,
-    StepStartEvent.TYPE,
-    StepEndEvent.TYPE,
-    StepErrorEvent.TYPE,
-    StepStateEvent.TYPE,
-    LLM_EVENT_TYPE,
-]
 
 # Years 0002-9998 only: a time in year 1 or 9999 with a UTC offset may fall outside the
 # years Python's datetime (and so the parser) can hold.
@@ -198,7 +190,7 @@ def _schemas() -> dict[str, Any]:
             "never read from a request.",
         ),
         "GenericEvent": _event(
-            {"type": "string", "minLength": 1, "not": {"enum": _RESERVED_TYPES}},
+            {"type": "string", "minLength": 1, "not": {"enum": list(RESERVED_TYPES)}},
             {
                 "id": _nullable(_UUID),
                 "data": _ANY,

@@ -41,7 +41,6 @@ OpenTelemetry's batch processor makes).
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import email.utils
 import enum
@@ -63,7 +62,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from eventlog._checks import positive_int as _count
+from eventlog._checks import seconds as _seconds
 from eventlog._log import in_own_logging, logger, mark_own_logging_thread
+from eventlog._process import at_exit
 from eventlog.channel import _as_message
 from eventlog.events import ENTRY_TYPES, ProxyLogEntry
 from eventlog.exceptions import InvalidEventError
@@ -270,26 +272,6 @@ class _Settings:
     overflow: Overflow
     close_timeout: float
     atexit_timeout: float
-
-
-def _seconds(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: object, *, optional: bool = False) -> Any:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        kind = "a positive int or None" if optional else "a positive int"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return value
 
 
 def _check_url(name: str, url: object) -> str:
@@ -1131,12 +1113,7 @@ def _after_fork_in_child() -> None:
         client._after_fork_in_child()
 
 
-# threading's exit hooks run when the main thread ends, and also at the end of a
-# multiprocessing child, which never runs atexit's.
-try:
-    getattr(threading, "_register_atexit")(_close_all_at_exit)  # noqa: B009
-except (AttributeError, RuntimeError):  # another Python, or imported during shutdown
-    atexit.register(_close_all_at_exit)
+at_exit(_close_all_at_exit)
 os.register_at_fork(
     before=_before_fork,
     after_in_parent=_after_fork_in_parent,

@@ -28,7 +28,6 @@ import contextlib
 import hmac
 import inspect
 import ipaddress
-import math
 import os
 import signal
 import socket
@@ -54,6 +53,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eventlog import __version__
+from eventlog._checks import positive_int, seconds
 from eventlog.channel import LogSender
 from eventlog.database import Database, ProxyDatabase, normalize_url, open_database
 from eventlog.events import ProxyLogEntry
@@ -151,25 +151,9 @@ def create_app(
         not isinstance(token, str) or not token or not token.isprintable() or " " in token
     ):
         raise ValueError("token must be a non-empty string without spaces, or None")
-    if (
-        isinstance(max_body_bytes, bool)
-        or not isinstance(max_body_bytes, int)
-        or max_body_bytes < 1
-    ):
-        raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
-    if (
-        isinstance(wait_timeout, bool)
-        or not isinstance(wait_timeout, (int, float))
-        or not math.isfinite(wait_timeout)
-        or wait_timeout <= 0
-    ):
-        raise ValueError(
-            f"wait_timeout must be a finite number of seconds > 0, got {wait_timeout!r}"
-        )
-    if max_queue is not None and (
-        isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1
-    ):
-        raise ValueError(f"max_queue must be a positive int or None, got {max_queue!r}")
+    positive_int("max_body_bytes", max_body_bytes)
+    seconds("wait_timeout", wait_timeout, positive=True)
+    positive_int("max_queue", max_queue, optional=True)
     known = set(inspect.signature(start_database_logger).parameters) - _OWN_OPTIONS
     for name in logger_options:
         if name == "overflow":

@@ -27,6 +27,7 @@ from sqlalchemy import ColumnElement, RowMapping, and_, or_, select, true
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from eventlog._checks import positive_int, seconds
 from eventlog.database import Database
 from eventlog.events import to_utc, utc_now
 from eventlog.exceptions import DatabaseError
@@ -61,12 +62,6 @@ def _start(since: datetime | timedelta | None) -> datetime:
     raise TypeError(f"since must be a datetime, a timedelta or None, got {type(since).__name__}")
 
 
-def _seconds(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
 async def follow(
     db: Database,
     *,
@@ -86,11 +81,10 @@ async def follow(
     after its ``created_at``) comes in the poll that sees it. Stop by breaking out and
     closing the generator (``aclose()``), or by cancelling the task.
     """
-    poll = _seconds("poll_interval", poll_interval)
+    poll = seconds("poll_interval", poll_interval, positive=True)
     if not isinstance(lag, timedelta) or lag < timedelta(0):
         raise ValueError(f"lag must be a timedelta >= 0, got {lag!r}")
-    if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-        raise ValueError(f"page_size must be a positive int, got {page_size!r}")
+    positive_int("page_size", page_size)
     start = _start(since)
     matches = _filters(where)
     # The newest (created_at, id) yielded, and the ids yielded within `lag` of it.

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from eventlog._checks import positive_int, seconds
 from eventlog._log import logger
 from eventlog.channel import _NO_FLUSH, OVERFLOW_MODES, LogSender, Overflow
 from eventlog.database import ProxyDatabase
@@ -88,8 +89,7 @@ def start_database_logger(
     appended there before it is written, fsynced every ``spool_fsync_interval`` seconds,
     and replayed by the next logger if this one dies or closes before writing it.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    positive_int("batch_size", batch_size)
     if isinstance(debounce_time, timedelta):
         debounce = debounce_time.total_seconds()
     elif isinstance(debounce_time, (int, float)) and not isinstance(debounce_time, bool):
@@ -108,13 +108,7 @@ def start_database_logger(
         ("cancel_timeout", cancel_timeout),
         ("spool_fsync_interval", spool_fsync_interval),
     ):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        seconds(name, value)
     if retry_max_delay < retry_base_delay:
         raise ValueError(
             f"retry_max_delay must be >= retry_base_delay, got {retry_max_delay!r} "
@@ -125,10 +119,7 @@ def start_database_logger(
         ("max_queue_bytes", max_queue_bytes),
         ("high_water", high_water),
     ):
-        if bound is not None and (
-            isinstance(bound, bool) or not isinstance(bound, int) or bound < 1
-        ):
-            raise ValueError(f"{name} must be a positive int or None, got {bound!r}")
+        positive_int(name, bound, optional=True)
     if overflow not in OVERFLOW_MODES:
         raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_MODES)}, got {overflow!r}")
     if overflow == "spill" and spool_dir is None:
@@ -530,58 +521,46 @@ class _Writes:
     ) -> None:
         """Store refused entries as dead letters: in the table, else in a JSONL file,
         else (no folder, or it failed too) in the log, with their content."""
-        from eventlog.deadletters import DeadLetter, write_dead_letter_file
+        from eventlog.deadletters import DeadLetter, describe_error, write_dead_letter_file
 
-        refused_entries = [entry for entry, _, _ in refused]
+        entries = [entry for entry, _, _ in refused]
         letters = [
-            DeadLetter(entry=entry, error=_describe(err), batch_id=batch_id, batch_size=size)
+            DeadLetter(entry=entry, error=describe_error(err), batch_id=batch_id, batch_size=size)
             for entry, err, _ in refused
         ]
+        failures: list[str] = []
+        where: object = None
         store = getattr(self._db, "write_dead_letters", None)
-        failure: Exception | None = None
         if callable(store):
             try:
                 await store(letters)
+                where = "eventlog_dead_letters (eventlog dead-letters)"
             except Exception as err:
-                failure = err
-            else:
-                self._sender._record_dead_letters(
-                    len(letters), stored=True, entries=refused_entries
-                )
-                logger.warning(
-                    "eventlog: %d of a batch of %d entries refused by the database, set "
-                    "aside in eventlog_dead_letters (eventlog dead-letters); first: %s",
-                    len(letters),
-                    size,
-                    letters[0].error,
-                )
-                return
+                failures.append(f"the table: {describe_error(err)}")
         folder = self._config.dead_letter_dir
-        if folder is not None:
+        if where is None and folder is not None:
             try:
-                path = await asyncio.to_thread(write_dead_letter_file, folder, letters)
+                where = await asyncio.to_thread(write_dead_letter_file, folder, letters)
             except Exception as err:
-                failure = err
-            else:
-                self._sender._record_dead_letters(
-                    len(letters), stored=True, entries=refused_entries
-                )
-                logger.warning(
-                    "eventlog: %d of a batch of %d entries refused by the database, set "
-                    "aside in %s%s; first: %s",
-                    len(letters),
-                    size,
-                    path,
-                    "" if failure is None else f" (the table failed: {_describe(failure)})",
-                    letters[0].error,
-                )
-                return
-        self._sender._record_dead_letters(len(letters), stored=False, entries=refused_entries)
+                failures.append(f"the folder: {describe_error(err)}")
+        self._sender._record_dead_letters(len(letters), stored=where is not None, entries=entries)
+        failed = "; ".join(failures)
+        if where is not None:
+            logger.warning(
+                "eventlog: %d of a batch of %d entries refused by the database, set aside "
+                "in %s%s; first: %s",
+                len(letters),
+                size,
+                where,
+                f" ({failed} failed)" if failed else "",
+                letters[0].error,
+            )
+            return
         for letter in letters:
             logger.error(
                 "eventlog: entry refused by the database and not stored anywhere (%s): "
                 "%s; the entry: %s",
-                "no dead_letter_dir" if failure is None else _describe(failure),
+                f"{failed} failed" if failed else "no dead_letter_dir",
                 letter.error,
                 entry_to_record(letter.entry).decode(),
             )
@@ -593,11 +572,6 @@ class _GaveUp(Exception):
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def _describe(err: BaseException) -> str:
-    cause = err.__cause__ if err.__cause__ is not None else err
-    return f"{type(cause).__name__}: {cause}"
 
 
 # Entries that become chronicle_events rows: their order between batches does not matter.

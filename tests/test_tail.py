@@ -153,7 +153,7 @@ async def test_where_keeps_the_rows_whose_columns_match(db: Database) -> None:
     ("options", "message"),
     [
         ({"where": {"nope": 1}}, "where: no column 'nope' in chronicle_events"),
-        ({"poll_interval": 0}, "poll_interval must be a positive number"),
+        ({"poll_interval": 0}, "poll_interval must be a finite number of seconds > 0"),
         ({"lag": timedelta(seconds=-1)}, "lag must be a timedelta >= 0"),
         ({"page_size": 0}, "page_size must be a positive int"),
         ({"since": timedelta(seconds=-1)}, "since must be a non-negative age"),
