@@ -28,11 +28,13 @@ a later schema revision: they slot in as more fields of :class:`UsageRow` and as
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from decimal import Decimal
 from typing import Any, Final, Literal, TypeAlias, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -53,6 +55,7 @@ from sqlalchemy import (
     null,
     select,
     true,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
@@ -61,7 +64,15 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 from eventlog._checks import positive_int
 from eventlog.database import Database
 from eventlog.exceptions import DatabaseError
-from eventlog.schema import chronicle_events, chronicle_runs, chronicle_steps
+from eventlog.rollup import latency_bin
+from eventlog.schema import (
+    LATENCY_BIN_EDGES,
+    ROLLUP_KEYS,
+    chronicle_events,
+    chronicle_runs,
+    chronicle_steps,
+    eventlog_rollup_hourly,
+)
 from eventlog.transient import is_transient
 from eventlog.types import UTCDateTime, UUIDType
 
@@ -117,6 +128,14 @@ Bucket: TypeAlias = Literal["minute", "hour", "day", "week", "month"]
 _BUCKETS: Final = frozenset(get_args(Bucket))
 
 PERCENTILES: Final = (0.5, 0.75, 0.9, 0.95, 0.99)
+EXACT_PERCENTILE_WINDOW: Final = timedelta(days=7)
+"""Percentiles over windows up to this long are exact, from the raw rows; longer ones
+come from the rollup's histogram when the grouping and filters allow (see
+:class:`LatencyStats`)."""
+ROLLUP_MIN_WINDOW: Final = timedelta(hours=48)
+""":func:`usage` reads the whole hours of windows longer than this from the rollup when
+the grouping and filters allow it (with ``source="auto"``); the results are the same."""
+Source: TypeAlias = Literal["auto", "raw", "rollup"]
 MIN_SAMPLES: Final[Mapping[float, int]] = {0.95: 20, 0.99: 100}
 """Below this many samples a percentile is ``None``: it would describe one outlier."""
 
@@ -148,6 +167,12 @@ class UsageRow:
     (``None`` without requests); ``retried`` counts calls retried at least once and
     ``retries`` the retries. ``output_tokens_per_second`` is completion tokens over
     request latency, of the calls that have both.
+
+    Tokens follow one counting rule (see :mod:`eventlog.usage`): ``prompt_tokens``
+    includes the cache-read and cache-write tokens, ``completion_tokens`` the reasoning
+    tokens. ``cost_usd`` is the exact cost of the ``priced_requests``; the
+    ``unpriced_requests`` (no price for the model, or no token counts) and their
+    ``unpriced_tokens`` are reported apart, never as $0.
     """
 
     start: datetime
@@ -163,6 +188,20 @@ class UsageRow:
     total_tokens: int
     users: int
     output_tokens_per_second: float | None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    priced_requests: int = 0
+    unpriced_requests: int = 0
+    unpriced_tokens: int = 0
+
+    @property
+    def cost_per_1k_requests(self) -> Decimal | None:
+        """Cost per thousand priced requests (``None`` without any)."""
+        if not self.priced_requests:
+            return None
+        return (self.cost_usd * 1000 / self.priced_requests).quantize(_NANO_USD)
 
     @property
     def error_rate(self) -> float | None:
@@ -180,7 +219,13 @@ class UsageRow:
 @dataclass(frozen=True, slots=True)
 class LatencyStats:
     """Milliseconds over ``count`` samples; exact nearest-rank percentiles, ``None`` when
-    there are too few samples (see :data:`MIN_SAMPLES`)."""
+    there are too few samples (see :data:`MIN_SAMPLES`).
+
+    ``approximate`` percentiles come from the rollup's histogram (windows over
+    :data:`EXACT_PERCENTILE_WINDOW`): each is the top of the histogram bin holding the
+    nearest-rank sample, and ``bin_width`` (1.19) bounds the error: the exact value is
+    between ``p / bin_width`` and ``p``.
+    """
 
     count: int
     avg: float | None
@@ -189,18 +234,26 @@ class LatencyStats:
     p90: int | None
     p95: int | None
     p99: int | None
+    approximate: bool = False
+    bin_width: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LatencyRow:
-    """Latency of one group in one bucket: ``request`` (the provider's answer) and
-    ``total`` (with retries and waiting)."""
+    """Latency of one group in one bucket: ``request`` (the provider's answer),
+    ``total`` (with retries and waiting) and ``ttft`` (time to first token).
+
+    Over windows longer than :data:`EXACT_PERCENTILE_WINDOW` the request percentiles are
+    approximate (from the rollup) and total and TTFT have count and average only."""
 
     start: datetime
     end: datetime
     group: Mapping[str, str | None] = field(hash=False)
     request: LatencyStats
     total: LatencyStats
+    ttft: LatencyStats = field(
+        default_factory=lambda: LatencyStats(0, None, None, None, None, None, None)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +341,9 @@ class ErrorCount:
 
 def _ratio(part: int, whole: int) -> float | None:
     return part / whole if whole else None
+
+
+_NANO_USD: Final = Decimal("0.000000001")
 
 
 # -- arguments ---------------------------------------------------------------------------
@@ -417,8 +473,14 @@ class _Buckets:
     size: Bucket
     zone: tzinfo
 
-    def key_sql(self, db: Database, since: datetime, until: datetime) -> ColumnElement[int]:
-        seconds = _epoch_us(db, events.created_at) // 1_000_000
+    def key_sql(
+        self,
+        db: Database,
+        since: datetime,
+        until: datetime,
+        column: ColumnElement[Any] = events.created_at,
+    ) -> ColumnElement[int]:
+        seconds = _epoch_us(db, column) // 1_000_000
         if self.size in _FIXED_WIDTH:
             return seconds // _FIXED_WIDTH[self.size]
         offsets = _utc_offsets(self.zone, since, until)
@@ -426,7 +488,7 @@ class _Buckets:
         if len(offsets) > 1:
             shift = case(
                 *(
-                    (events.created_at < literal(later_from, UTCDateTime), literal(off, Integer))
+                    (column < literal(later_from, UTCDateTime), literal(off, Integer))
                     for (_, off), (later_from, _) in itertools.pairwise(offsets)
                 ),
                 else_=literal(offsets[-1][1], Integer),
@@ -674,22 +736,72 @@ class _Query:
     by: tuple[str, ...]
     buckets: _Buckets | None
     conditions: tuple[ColumnElement[bool], ...]
+    rollup_conditions: tuple[ColumnElement[bool], ...] | None  # None: not from the rollup
 
-    def base(self, db: Database, values: Mapping[str, ColumnElement[Any]]) -> Subquery:
-        """LLM calls of the window: group keys ``g0..``, the bucket key ``b``, values."""
+    def raw(
+        self,
+        db: Database,
+        values: Mapping[str, ColumnElement[Any]],
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> Select[Any]:
+        """LLM calls of the window (or of ``[since, until)`` inside it): group keys
+        ``g0..``, the bucket key ``b``, values."""
         columns: list[ColumnElement[Any]] = [
             chronicle_events.c[GROUPS[name]].label(f"g{i}") for i, name in enumerate(self.by)
         ]
         if self.buckets is not None:
             columns.append(self.buckets.key_sql(db, self.since, self.until).label("b"))
         columns += [value.label(name) for name, value in values.items()]
-        statement = select(*columns).where(
+        return select(*columns).where(
             events.event_type == LLM_CALL,
-            events.created_at >= self.since,
-            events.created_at < self.until,
+            events.created_at >= (self.since if since is None else since),
+            events.created_at < (self.until if until is None else until),
             *self.conditions,
         )
-        return statement.subquery("calls")
+
+    def base(self, db: Database, values: Mapping[str, ColumnElement[Any]]) -> Subquery:
+        return self.raw(db, values).subquery("calls")
+
+    def rolled(
+        self,
+        db: Database,
+        values: Mapping[str, ColumnElement[Any]],
+        since: datetime,
+        until: datetime,
+    ) -> Select[Any]:
+        """Rollup rows of the whole hours ``[since, until)``, with the same keys as
+        :meth:`raw` (``''`` read back as NULL) and ``values`` over the rollup."""
+        assert self.rollup_conditions is not None
+        columns: list[ColumnElement[Any]] = [
+            func.nullif(rollup.c[GROUPS[name]], "").label(f"g{i}") for i, name in enumerate(self.by)
+        ]
+        if self.buckets is not None:
+            columns.append(
+                self.buckets.key_sql(db, self.since, self.until, rollup.c.hour).label("b")
+            )
+        columns += [value.label(name) for name, value in values.items()]
+        return select(*columns).where(
+            rollup.c.hour >= since, rollup.c.hour < until, *self.rollup_conditions
+        )
+
+    def hours(self, source: Source, longer_than: timedelta) -> tuple[datetime, datetime] | None:
+        """The whole hours of the window to read from the rollup, or None for none."""
+        if source == "raw" or self.rollup_conditions is None:
+            if source == "rollup":
+                raise ValueError(
+                    "source='rollup' needs a grouping and filters the rollup has: "
+                    f"by and where among {', '.join(_ROLLUP_GROUPS)}, buckets of an hour "
+                    "or more on whole hours"
+                )
+            return None
+        if source == "auto" and self.until - self.since <= longer_than:
+            return None
+        first = self.since.replace(minute=0, second=0, microsecond=0)
+        if first < self.since:
+            first += timedelta(hours=1)
+        last = self.until.replace(minute=0, second=0, microsecond=0)
+        return (first, last) if first < last else None
 
     @property
     def keys(self) -> list[str]:
@@ -735,6 +847,39 @@ class _Query:
         return result
 
 
+rollup = eventlog_rollup_hourly
+_ROLLUP_GROUPS: Final = tuple(name for name, column in GROUPS.items() if column in ROLLUP_KEYS)
+
+
+def _rollup_conditions(
+    by: tuple[str, ...], buckets: _Buckets | None, where: Where, since: datetime, until: datetime
+) -> tuple[ColumnElement[bool], ...] | None:
+    """The ``where`` conditions over the rollup, or None when the rollup cannot answer:
+    a group, filter or bucket it does not have."""
+    if any(GROUPS[name] not in ROLLUP_KEYS for name in by):
+        return None
+    if buckets is not None:
+        if buckets.size == "minute":
+            return None
+        if buckets.size != "hour" and any(
+            off % 3600 for _, off in _utc_offsets(buckets.zone, since, until)
+        ):
+            return None  # local days that do not start on a UTC hour
+    conditions: list[ColumnElement[bool]] = []
+    for name, value in where.items():
+        column = GROUPS.get(name, name)
+        if column not in ROLLUP_KEYS:
+            return None
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        if not all(v is None or isinstance(v, str) for v in values):
+            return None
+        keys = ["" if v is None else v for v in values]
+        if "" in values:
+            return None  # '' and NULL are one key in the rollup
+        conditions.append(rollup.c[column].in_(keys))
+    return tuple(conditions)
+
+
 def _query(
     db: Database,
     since: TimeArg,
@@ -747,13 +892,79 @@ def _query(
 ) -> _Query:
     zone = _zone(tz)
     start, end = _window(since, until, now, zone)
+    names = _group_names(by)
+    buckets = _make_buckets(bucket, zone, start, end)
     return _Query(
         since=start,
         until=end,
-        by=_group_names(by),
-        buckets=_make_buckets(bucket, zone, start, end),
+        by=names,
+        buckets=buckets,
         conditions=tuple(_where_events(db, where)),
+        rollup_conditions=_rollup_conditions(names, buckets, where, start, end),
     )
+
+
+def _check_source(source: str) -> Source:
+    if source not in ("auto", "raw", "rollup"):
+        raise ValueError(f"source must be 'auto', 'raw' or 'rollup', got {source!r}")
+    return source  # type: ignore[return-value]
+
+
+_USAGE_SUMS: Final = (
+    "requests",
+    "errors",
+    "rate_limited",
+    "retried",
+    "retries",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+    "priced",
+    "unpriced",
+    "unpriced_tokens",
+    "tps_tokens",
+    "tps_ms",
+)
+
+
+def _raw_usage_values() -> dict[str, ColumnElement[Any]]:
+    """Per raw row, the values :func:`usage` sums (as the rollup sums them)."""
+    completion_ok = and_(events.completion_tokens.is_not(None), events.request_latency_ms > 0)
+    priced = events.cost_usd.is_not(None)
+    tokens = func.coalesce(
+        events.total_tokens,
+        func.coalesce(events.prompt_tokens, 0) + func.coalesce(events.completion_tokens, 0),
+    )
+    return {
+        "requests": literal(1, BigInteger),
+        "errors": case((events.error.is_not(None), 1), else_=0),
+        "rate_limited": case((events.rate_limited.is_(true()), 1), else_=0),
+        "retried": case((events.retries > 0, 1), else_=0),
+        "retries": events.retries,
+        "prompt_tokens": events.prompt_tokens,
+        "completion_tokens": events.completion_tokens,
+        "total_tokens": events.total_tokens,
+        "cache_read_tokens": events.cache_read_tokens,
+        "cache_write_tokens": events.cache_write_tokens,
+        "reasoning_tokens": events.reasoning_tokens,
+        "cost_nanos": cast(func.round(events.cost_usd * 1_000_000_000), BigInteger),
+        "priced": case((priced, 1), else_=0),
+        "unpriced": case((priced, 0), else_=1),
+        "unpriced_tokens": case((priced, 0), else_=tokens),
+        "tps_tokens": case((completion_ok, events.completion_tokens), else_=null()),
+        "tps_ms": case((completion_ok, events.request_latency_ms), else_=null()),
+        "user_id": events.user_id,
+    }
+
+
+def _rollup_usage_values() -> dict[str, ColumnElement[Any]]:
+    values: dict[str, ColumnElement[Any]] = {name: rollup.c[name] for name in _USAGE_SUMS}
+    values["user_id"] = func.nullif(rollup.c.user_id, "")
+    return values
 
 
 async def usage(
@@ -766,46 +977,38 @@ async def usage(
     tz: str | tzinfo | None = None,
     where: Where | None = None,
     now: datetime | None = None,
+    source: Source = "auto",
 ) -> list[UsageRow]:
-    """Requests, errors, rate limits, retries, tokens and users of the LLM calls in
+    """Requests, errors, rate limits, retries, tokens, cost and users of the LLM calls in
     ``[since, until)``, per group of ``by`` (see :data:`GROUPS`) and per ``bucket``.
 
     ``until`` defaults to ``now`` (the current time; pass it for repeatable windows).
     Bucketed results have a row for every bucket of the window and every group found,
     zeros where there were no calls; without ``by`` and ``bucket``, one total row.
+    ``source="auto"`` reads the whole hours of a window longer than
+    :data:`ROLLUP_MIN_WINDOW` from the hourly rollup and the partial hours at its ends
+    from the raw rows, when grouping and filters allow (``"raw"``/``"rollup"`` force a
+    side); the figures are the same either way.
     ``ValueError`` names the argument that is wrong.
     """
     q = _query(db, since, until, by, bucket, tz, where or {}, now)
-    completion_ok = and_(events.completion_tokens.is_not(None), events.request_latency_ms > 0)
-    base = q.base(
-        db,
-        {
-            "error": case((events.error.is_not(None), 1), else_=0),
-            "limited": case((events.rate_limited.is_(true()), 1), else_=0),
-            "retried": case((events.retries > 0, 1), else_=0),
-            "retries": events.retries,
-            "prompt": events.prompt_tokens,
-            "completion": events.completion_tokens,
-            "total": events.total_tokens,
-            "user_id": events.user_id,
-            "tps_tokens": case((completion_ok, events.completion_tokens), else_=null()),
-            "tps_ms": case((completion_ok, events.request_latency_ms), else_=null()),
-        },
-    )
+    hours = q.hours(_check_source(source), ROLLUP_MIN_WINDOW)
+    raw_values = _raw_usage_values()
+    if hours is None:
+        base = q.base(db, raw_values)
+    else:
+        first, last = hours
+        parts = [q.rolled(db, _rollup_usage_values(), first, last)]
+        if q.since < first:
+            parts.append(q.raw(db, raw_values, q.since, first))
+        if last < q.until:
+            parts.append(q.raw(db, raw_values, last, q.until))
+        base = union_all(*parts).subquery("calls")
     group = [base.c[k] for k in q.keys]
     statement = select(
         *group,
-        func.count().label("requests"),
-        func.sum(base.c.error).label("errors"),
-        func.sum(base.c.limited).label("rate_limited"),
-        func.sum(base.c.retried).label("retried"),
-        func.sum(base.c.retries).label("retries"),
-        func.sum(base.c.prompt).label("prompt_tokens"),
-        func.sum(base.c.completion).label("completion_tokens"),
-        func.sum(base.c.total).label("total_tokens"),
+        *(func.sum(base.c[name]).label(name) for name in _USAGE_SUMS),
         func.count(base.c.user_id.distinct()).label("users"),
-        func.sum(base.c.tps_tokens).label("tps_tokens"),
-        func.sum(base.c.tps_ms).label("tps_ms"),
     ).group_by(*group)
     found = await _fetch(db, statement, "reading usage")
     result = []
@@ -831,6 +1034,13 @@ async def usage(
                 total_tokens=number("total_tokens"),
                 users=number("users"),
                 output_tokens_per_second=(number("tps_tokens") * 1000 / tps_ms if tps_ms else None),
+                cache_read_tokens=number("cache_read_tokens"),
+                cache_write_tokens=number("cache_write_tokens"),
+                reasoning_tokens=number("reasoning_tokens"),
+                cost_usd=Decimal(number("cost_nanos")).scaleb(-9),
+                priced_requests=number("priced"),
+                unpriced_requests=number("unpriced"),
+                unpriced_tokens=number("unpriced_tokens"),
             )
         )
     return result
@@ -846,13 +1056,31 @@ async def latency(
     tz: str | tzinfo | None = None,
     where: Where | None = None,
     now: datetime | None = None,
+    source: Source = "auto",
 ) -> list[LatencyRow]:
-    """Average and exact percentiles of request and total latency of the LLM calls, per
-    group and bucket as in :func:`usage` (same arguments, same rows in the same order)."""
+    """Average and percentiles of request latency, total latency and time to first
+    token of the LLM calls, per group and bucket as in :func:`usage` (same arguments,
+    same rows in the same order).
+
+    Exact (nearest-rank) from the raw rows for windows up to
+    :data:`EXACT_PERCENTILE_WINDOW`; longer windows read the rollup's histogram when the
+    grouping and filters allow (approximate request percentiles, see
+    :class:`LatencyStats`), or the raw rows otherwise. ``source`` forces a side.
+    """
     q = _query(db, since, until, by, bucket, tz, where or {}, now)
-    base = q.base(db, {"req": events.request_latency_ms, "tot": events.total_latency_ms})
+    hours = q.hours(_check_source(source), EXACT_PERCENTILE_WINDOW)
+    if hours is not None:
+        return await _approximate_latency(db, q, hours)
+    base = q.base(
+        db,
+        {
+            "req": events.request_latency_ms,
+            "tot": events.total_latency_ms,
+            "ttft": events.ttft_ms,
+        },
+    )
     found = await _fetch(
-        db, _percentile_select(db, base, q.keys, ["req", "tot"]), "reading latency"
+        db, _percentile_select(db, base, q.keys, ["req", "tot", "ttft"]), "reading latency"
     )
     empty: Mapping[str, Any] = {}
     return [
@@ -862,9 +1090,111 @@ async def latency(
             group=names,
             request=_stats(row or empty, "req"),
             total=_stats(row or empty, "tot"),
+            ttft=_stats(row or empty, "ttft"),
         )
         for start, end, names, row in q.rows(found)
     ]
+
+
+_BINS: Final = tuple(f"lat_{i:02d}" for i in range(len(LATENCY_BIN_EDGES) + 1))
+_BIN_WIDTH: Final = 2**0.25
+
+
+async def _approximate_latency(
+    db: Database, q: _Query, hours: tuple[datetime, datetime]
+) -> list[LatencyRow]:
+    """Latency over a long window: the rollup's histograms and sums for the whole hours,
+    the raw rows of the partial hours at the ends binned the same way."""
+    first, last = hours
+    sums = (
+        "latency_count",
+        "latency_sum_ms",
+        "total_latency_count",
+        "total_latency_sum_ms",
+        "ttft_count",
+        "ttft_sum_ms",
+        *_BINS,
+    )
+    rolled = q.rolled(db, {name: rollup.c[name] for name in sums}, first, last).subquery("r")
+    group = [rolled.c[k] for k in q.keys]
+    statement = select(*group, *(func.sum(rolled.c[n]).label(n) for n in sums)).group_by(*group)
+    found = await _fetch(db, statement, "reading latency")
+    totals: dict[tuple[Any, ...], list[int]] = {}
+    for row in found:
+        totals[tuple(row[k] for k in q.keys)] = [int(row[n] or 0) for n in sums]
+    edges = [(q.since, first), (last, q.until)]
+    for start, end in edges:
+        if start >= end:
+            continue
+        raw = q.raw(
+            db,
+            {
+                "req": events.request_latency_ms,
+                "tot": events.total_latency_ms,
+                "ttft": events.ttft_ms,
+            },
+            start,
+            end,
+        )
+        for row in await _fetch(db, raw, "reading latency"):
+            key = tuple(row[k] for k in q.keys)
+            into = totals.setdefault(key, [0] * len(sums))
+            for i, name in ((0, "req"), (2, "tot"), (4, "ttft")):
+                value = row[name]
+                if value is not None:
+                    into[i] += 1
+                    into[i + 1] += value
+                    if name == "req":
+                        into[6 + latency_bin(value)] += 1
+    rows = [{**dict(zip(q.keys, key, strict=True)), "sums": value} for key, value in totals.items()]
+    result = []
+    for start, end, names, summed in q.rows(rows):
+        values = summed["sums"] if summed else [0] * len(sums)
+        result.append(
+            LatencyRow(
+                start=start,
+                end=end,
+                group=names,
+                request=_histogram_stats(values[0], values[1], values[6:]),
+                total=_average_only(values[2], values[3]),
+                ttft=_average_only(values[4], values[5]),
+            )
+        )
+    return result
+
+
+def _average_only(count: int, total: int) -> LatencyStats:
+    return LatencyStats(count, total / count if count else None, None, None, None, None, None)
+
+
+def _histogram_stats(count: int, total: int, bins: Sequence[int]) -> LatencyStats:
+    def pick(p: float) -> int | None:
+        if count == 0 or count < MIN_SAMPLES.get(p, 0):
+            return None
+        rank = max(1, math.ceil(p * count))
+        seen = 0
+        for i, n in enumerate(bins):
+            seen += n
+            if seen >= rank:
+                # The top of bin i: bin 0 is under 1 ms; the last bin has no top.
+                if i == 0:
+                    return 0
+                if i < len(LATENCY_BIN_EDGES):
+                    return LATENCY_BIN_EDGES[i] - 1
+                return LATENCY_BIN_EDGES[-1]
+        return None
+
+    return LatencyStats(
+        count=count,
+        avg=total / count if count else None,
+        p50=pick(0.5),
+        p75=pick(0.75),
+        p90=pick(0.9),
+        p95=pick(0.95),
+        p99=pick(0.99),
+        approximate=True,
+        bin_width=_BIN_WIDTH,
+    )
 
 
 # -- runs and steps ----------------------------------------------------------------------

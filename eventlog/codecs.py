@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, Table, Text
+from sqlalchemy import Boolean, Integer, Numeric, Table, Text
 
 from eventlog.sanitize import MAX_JSON_BYTES, clean_bool, clean_int, clean_json, clean_text
 from eventlog.types import JsonType, TagsType, UTCDateTime, UUIDType, json_dumps, json_loads
 
-__all__ = ["NeedsChecking", "RowEncoder", "fast_encoder", "row_encoder"]
+__all__ = ["NeedsChecking", "RowEncoder", "fast_encoder", "row_encoder", "time_encoder"]
 
 RowEncoder = Callable[[Sequence[Any]], tuple[list[Any], bool]]
 
@@ -32,6 +32,11 @@ def _sqlite_time(value: datetime) -> str:
     if value.tzinfo is not UTC:  # events hold UTC already, unless changed after creation
         value = value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
     return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+
+
+def time_encoder(dialect: str) -> Callable[[datetime], Any]:
+    """How a UTC datetime is handed to the driver of ``dialect``."""
+    return _postgres_time if dialect == "postgresql" else _sqlite_time
 
 
 def _pg_tags(value: Any, column: str, repairs: list[str]) -> list[str]:
@@ -99,6 +104,10 @@ def _fast(column_type: Any, dialect: str, max_json_bytes: int) -> Callable[[Any]
 
         return json_text
     if isinstance(column_type, UUIDType):
+        return None if dialect == "postgresql" else str
+    if isinstance(column_type, Numeric):
+        # asyncpg takes a Decimal; sqlite3 cannot bind one, and a NUMERIC column reads
+        # the decimal text as a number.
         return None if dialect == "postgresql" else str
     if isinstance(column_type, UTCDateTime):
         return _postgres_time if dialect == "postgresql" else _sqlite_time

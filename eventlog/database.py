@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -20,11 +21,12 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from eventlog import postgres, sqlite
+from eventlog import codecs, postgres, sqlite
 from eventlog._log import logger
 from eventlog.codecs import RowEncoder, fast_encoder, row_encoder
 from eventlog.events import ENTRY_TYPES, EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
+from eventlog.rollup import Call, aggregate, call_from_row, upsert_statement
 from eventlog.rows import EVENT_COLUMNS, event_values, payload_values, workflow_params
 from eventlog.sanitize import MAX_JSON_BYTES
 from eventlog.statements import statements_for
@@ -33,6 +35,7 @@ from eventlog.types import json_dumps, json_loads
 
 if TYPE_CHECKING:
     from eventlog.deadletters import DeadLetter
+    from eventlog.prices import PriceBook
 
 __all__ = ["Database", "ProxyDatabase", "normalize_url", "open_database"]
 
@@ -196,6 +199,10 @@ class Database:
             cls: _compile(statement, engine, max_json_bytes)
             for cls, statement in statements.workflow.items()
         }
+        self._rollup_sql: str | None = upsert_statement(name).compile(dialect=engine.dialect).string
+        self._hour = codecs.time_encoder(name)
+        self._prices: PriceBook | None = None
+        self._prices_loaded = -_PRICES_REFRESH
         self._closed = False
 
     @property
@@ -247,40 +254,89 @@ class Database:
         checked: bool,
         only_if_repaired: bool = False,
     ) -> int | None:
-        events, workflow, repaired = await self._encode(entries, checked=checked)
-        if only_if_repaired and not repaired:
-            return None
-        if not events and not workflow:
-            return repaired
         if self._sqlite is not None:
-            await self._sqlite.write_batch(events, self._insert_events.sql, workflow)
-        else:
-            async with self.engine.connect() as conn:
-                driver = (await conn.get_raw_connection()).driver_connection
-                await postgres.write_batch(
-                    driver, events, EVENT_COLUMNS, self._insert_events.sql, workflow
+            if self._prices_stale():
+                self._use_prices(await self._sqlite.fetch_prices())
+            encoded = await self._encode(entries, checked=checked)
+            if only_if_repaired and not encoded.repaired:
+                return None
+            if encoded.events or encoded.workflow:
+                await self._sqlite.write_batch(
+                    encoded.events, self._insert_events.sql, encoded.workflow, encoded.rollup
                 )
-        return repaired
+            return encoded.repaired
+        async with self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            if self._prices_stale():
+                self._use_prices(await postgres.fetch_prices(driver))
+            encoded = await self._encode(entries, checked=checked)
+            if only_if_repaired and not encoded.repaired:
+                return None
+            if encoded.events or encoded.workflow:
+                await postgres.write_batch(
+                    driver,
+                    encoded.events,
+                    EVENT_COLUMNS,
+                    self._insert_events.sql,
+                    encoded.workflow,
+                    encoded.rollup,
+                )
+        return encoded.repaired
 
-    async def _encode(
-        self, entries: Sequence[ProxyLogEntry], *, checked: bool
-    ) -> tuple[list[list[Any]], dict[str, list[list[Any]]], int]:
-        """Driver-ready rows, and how many entries had a value repaired; yields to the
-        loop now and then, so a large batch does not hold the application's event loop
-        for its whole serialisation."""
+    def _prices_stale(self) -> bool:
+        """The user's prices are read again every minute, on the write's own connection,
+        so that ``eventlog prices load`` reaches running writers."""
+        return time.monotonic() - self._prices_loaded >= _PRICES_REFRESH
+
+    def _use_prices(self, rows: Sequence[Mapping[str, Any]] | BaseException) -> None:
+        """Price with the bundled prices and the user's ``rows`` (or, if they could not
+        be read, the user's prices read before)."""
+        from eventlog.prices import PriceBook, price_from_row  # it builds on this module
+
+        self._prices_loaded = time.monotonic()
+        user = []
+        if isinstance(rows, BaseException):
+            if self._prices is not None:
+                return
+            logger.warning(
+                "eventlog: cannot read the user's prices from %s (%s); pricing with the "
+                "bundled prices",
+                self.url,
+                f"{type(rows).__name__}: {rows}",
+            )
+        else:
+            for row in rows:
+                try:
+                    user.append(price_from_row(row, self.url))
+                except Exception as err:
+                    logger.warning("eventlog: a price is set aside: %s", err)
+        try:
+            self._prices = PriceBook.default(user)
+        except Exception as err:  # a broken install must not stop the logging
+            logger.error("eventlog: cannot read the prices: %s: %s", type(err).__name__, err)
+
+    async def _encode(self, entries: Sequence[ProxyLogEntry], *, checked: bool) -> _Encoded:
+        """Driver-ready rows, the LLM calls among them (for the rollup), and how many
+        entries had a value repaired; yields to the loop now and then, so a large batch
+        does not hold the application's event loop for its whole serialisation."""
         encode_event = self._insert_events.encode if checked else self._insert_events.fast
         events: list[list[Any]] = []
         workflow: dict[str, list[list[Any]]] = {}
+        calls: list[Call] = []
         repaired = 0
+        prices = self._prices
         for i, entry in enumerate(entries):
             if i % _ENCODE_SLICE == _ENCODE_SLICE - 1:
                 await asyncio.sleep(0)
-            if isinstance(entry, ProxyLogEvent):
-                row, fixed = encode_event(event_values(entry))
+            if isinstance(entry, (ProxyLogEvent, EventPayload)):
+                if isinstance(entry, ProxyLogEvent):
+                    values = event_values(entry, prices)
+                else:
+                    values = payload_values(entry)
+                row, fixed = encode_event(values)
                 events.append(row)
-            elif isinstance(entry, EventPayload):
-                row, fixed = encode_event(payload_values(entry))
-                events.append(row)
+                if (call := call_from_row(values, row)) is not None:
+                    calls.append(call)
             else:
                 compiled = self._workflow[_workflow_class(entry)]
                 params = workflow_params(entry)
@@ -288,7 +344,10 @@ class Database:
                 row, fixed = encode([params.get(name) for name in compiled.columns])
                 workflow.setdefault(compiled.sql, []).append(row)
             repaired += fixed
-        return events, workflow, repaired
+        rollup = None
+        if calls and self._rollup_sql is not None:
+            rollup = _RollupBatch(calls, self._rollup_sql, self._hour)
+        return _Encoded(events, workflow, rollup, repaired)
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Store entries the database refused in ``eventlog_dead_letters``, in one
@@ -317,6 +376,43 @@ class Database:
 
 # Entries encoded between two yields to the event loop: ~1 ms of work for typical events.
 _ENCODE_SLICE = 100
+_PRICES_REFRESH = 60.0  # seconds between reads of the user's prices
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    """A batch as the drivers take it."""
+
+    events: list[list[Any]]
+    workflow: dict[str, list[list[Any]]]
+    rollup: _RollupBatch | None
+    repaired: int
+
+
+class _RollupBatch:
+    """A batch's LLM calls and the rollup increments they make, for the rows actually
+    inserted (see :mod:`eventlog.rollup`)."""
+
+    __slots__ = ("_calls", "_hour", "sql")
+
+    def __init__(self, calls: list[Call], sql: str, hour: Callable[[Any], Any]) -> None:
+        self._calls = calls
+        self.sql = sql
+        self._hour = hour
+
+    def params(self, inserted: Collection[Any] | None = None) -> list[list[Any]]:
+        """The upsert's rows for every call, or only for the calls whose ids were
+        ``inserted`` (a repeated id counts once)."""
+        calls = self._calls
+        if inserted is not None:
+            seen: set[Any] = set()
+            kept = []
+            for call in calls:
+                if call[0] in inserted and call[0] not in seen:
+                    seen.add(call[0])
+                    kept.append(call)
+            calls = kept
+        return [[self._hour(hour), *keys, *sums] for hour, keys, sums in aggregate(calls)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,12 +166,21 @@ class ProxyLogEvent:
     metadata: RequestMetadata = field(default_factory=RequestMetadata)
     internal_metadata: InternalMetadata = field(default_factory=InternalMetadata)
     response_meta: dict[str, JSON] | None = None
+    # eventlog's own: not in chronicle's event. From the request to the first streamed
+    # token (or the whole answer, unstreamed); stored as chronicle_events.ttft_ms.
+    time_to_first_token: timedelta | None = None
 
     def __post_init__(self) -> None:
         if self.timestamp.tzinfo is not UTC:
             self.timestamp = to_utc(self.timestamp)
         if self.latency is not None and not isinstance(self.latency, timedelta):
             self.latency = _as_duration("latency", self.latency)
+        if self.time_to_first_token is not None and not isinstance(
+            self.time_to_first_token, timedelta
+        ):
+            self.time_to_first_token = _as_duration(
+                "time_to_first_token", self.time_to_first_token
+            )
         if self.total_latency is not None and not isinstance(self.total_latency, timedelta):
             self.total_latency = _as_duration("total_latency", self.total_latency)
         if isinstance(self.metadata, Mapping):

@@ -179,6 +179,7 @@ def _schemas() -> dict[str, Any]:
                 "model": _nullable(_TEXT),
                 "latency": _MILLISECONDS,
                 "total_latency": _MILLISECONDS,
+                "time_to_first_token": _MILLISECONDS,
                 "was_rate_limited": _nullable({"type": "boolean"}),
                 "num_retries": _nullable({"type": "integer"}),
                 "error": _ANY,

@@ -320,6 +320,7 @@ def _llm_event(obj: Mapping[str, Any]) -> ProxyLogEvent:
         error=obj.get("error"),
         metadata=_get(obj, "metadata", "", _metadata) or RequestMetadata(),
         response_meta=_get(obj, "response_meta", "", _object),
+        time_to_first_token=_get(obj, "time_to_first_token", "", _milliseconds),
     )
 
 
@@ -360,6 +361,7 @@ def entry_to_wire(entry: ProxyLogEntry) -> dict[str, Any]:
         "error": entry.error,
         "metadata": metadata or None,
         "response_meta": entry.response_meta,
+        "time_to_first_token": _ms(entry.time_to_first_token),
     }
     if entry.event_type != LLM_EVENT_TYPE:
         wire["event_type"] = entry.event_type

@@ -10,13 +10,21 @@ common case keeps COPY's speed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
-__all__ = ["write_batch"]
+__all__ = ["NOTIFY_CHANNEL", "Rollup", "fetch_prices", "write_batch"]
+
+
+class Rollup(Protocol):
+    """The rollup increments of a batch (see :mod:`eventlog.rollup`)."""
+
+    sql: str
+
+    def params(self, inserted: Collection[Any] | None = None) -> list[list[Any]]: ...
 
 
 async def write_batch(
@@ -25,11 +33,14 @@ async def write_batch(
     columns: Sequence[str],
     insert_events: str,
     workflow: dict[str, list[list[Any]]],
+    rollup: Rollup | None = None,
 ) -> None:
-    """Write encoded event rows and run/step statements in one transaction.
+    """Write encoded event rows, run/step statements and the rollup's increments in one
+    transaction.
 
     Rows go in id order: two batches written at once that share ids (a re-sent event)
-    then take their row locks in the same order and wait rather than deadlock.
+    then take their row locks in the same order and wait rather than deadlock; rollup
+    rows are locked in key order for the same reason.
     """
     if events:
         events.sort(key=itemgetter(0))
@@ -38,13 +49,23 @@ async def write_batch(
                 await conn.copy_records_to_table(
                     "chronicle_events", records=_paced(events), columns=list(columns)
                 )
+                if rollup is not None:  # COPY inserted every row
+                    await conn.executemany(rollup.sql, rollup.params())
                 await _apply(conn, workflow)
+                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(len(events)))
             return
         except asyncpg.UniqueViolationError:
             pass  # an id that is already stored: the conflict-safe path below
     async with conn.transaction():
         if events:
-            await conn.executemany(insert_events, events)
+            if rollup is None:
+                await conn.executemany(insert_events, events)
+            else:
+                inserted = await conn.fetchmany(f"{insert_events} RETURNING id", events)
+                params = rollup.params({record[0] for record in inserted})
+                if params:
+                    await conn.executemany(rollup.sql, params)
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(len(events)))
         await _apply(conn, workflow)
 
 
@@ -58,6 +79,20 @@ async def _paced(rows: list[list[Any]]) -> AsyncIterator[list[Any]]:
         if i % _COPY_SLICE == _COPY_SLICE - 1:
             await asyncio.sleep(0)
         yield row
+
+
+async def fetch_prices(conn: asyncpg.Connection) -> list[dict[str, Any]] | Exception:
+    """The rows of ``eventlog_prices`` (the user's prices), or why they cannot be read."""
+    try:
+        records = await conn.fetch("SELECT * FROM eventlog_prices ORDER BY id")
+    except (asyncpg.PostgresError, OSError) as err:
+        return err
+    return [dict(record) for record in records]
+
+
+NOTIFY_CHANNEL = "eventlog_events"
+"""Each batch with events notifies this channel on commit (payload: how many events were
+in the batch), so ``eventlog tail`` on PostgreSQL wakes when rows land instead of polling."""
 
 
 async def _apply(conn: asyncpg.Connection, workflow: dict[str, list[list[Any]]]) -> None:

@@ -36,7 +36,7 @@ _KINDS: Final[dict[str, type[ProxyLogEntry]]] = {cls.__name__: cls for cls in EN
 _CLASSES: Final = frozenset(ENTRY_TYPES)
 _UUID_FIELDS: Final = frozenset({"id", "run_id", "step_id", "parent_step"})
 _TIME_FIELDS: Final = frozenset({"timestamp", "time"})
-_DURATION_FIELDS: Final = frozenset({"latency", "total_latency"})
+_DURATION_FIELDS: Final = frozenset({"latency", "total_latency", "time_to_first_token"})
 _METADATA: Final[dict[str, type[RequestMetadata] | type[InternalMetadata]]] = {
     "metadata": RequestMetadata,
     "internal_metadata": InternalMetadata,

@@ -2,16 +2,16 @@
 
 Follows chronicle's mapping (``internal_metadata`` -> ``organization_id`` ...,
 ``metadata`` -> ``request_*`` and the workflow columns, ``extra`` -> ``meta``), and adds
-the token columns read from the response's ``usage`` in either OpenAI's shape
-(``prompt_tokens``/``completion_tokens``/``total_tokens``) or Anthropic's
-(``input_tokens``/``output_tokens``). Absent values stay ``None`` (SQL NULL).
+eventlog's columns: token counts read from the response's ``usage`` under one counting
+rule, the cost and the price it came from, time to first token, ``status`` and
+``error_type`` (see :mod:`eventlog.usage`). Absent values stay ``None`` (SQL NULL).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventlog.events import (
     EventPayload,
@@ -23,6 +23,17 @@ from eventlog.events import (
     StepStartEvent,
     StepStateEvent,
 )
+from eventlog.usage import (
+    PROVIDER_PRICE_ID,
+    call_status,
+    error_type,
+    priced_cost,
+    read_tokens,
+    reported_cost,
+)
+
+if TYPE_CHECKING:
+    from eventlog.prices import PriceBook
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -41,33 +52,10 @@ def _ms(value: timedelta | None) -> int | None:
     return None if value is None else round(value.total_seconds() * 1000)
 
 
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
 def token_counts(response: Any) -> tuple[int | None, int | None, int | None]:
     """(prompt, completion, total) tokens from a response body's ``usage``."""
-    if not isinstance(response, Mapping):
-        return None, None, None
-    usage = response.get("usage")
-    if not isinstance(usage, Mapping):
-        return None, None, None
-    prompt = _int(usage.get("prompt_tokens"))
-    if prompt is None:
-        prompt = _int(usage.get("input_tokens"))
-    completion = _int(usage.get("completion_tokens"))
-    if completion is None:
-        completion = _int(usage.get("output_tokens"))
-    total = _int(usage.get("total_tokens"))
-    if total is None and prompt is not None and completion is not None:
-        total = prompt + completion
-    return prompt, completion, total
+    tokens = read_tokens(response)
+    return tokens.prompt, tokens.completion, tokens.total
 
 
 def _model(event: ProxyLogEvent) -> str | None:
@@ -121,18 +109,37 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "completion_tokens",
     "total_tokens",
     "created_at",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "price_id",
+    "ttft_ms",
+    "status",
+    "error_type",
 )
 """The ``chronicle_events`` columns, in table order: the order of the value tuples."""
 
 
-def event_values(event: ProxyLogEvent) -> tuple[Any, ...]:
+def event_values(event: ProxyLogEvent, prices: PriceBook | None = None) -> tuple[Any, ...]:
     """The ``chronicle_events`` values of an LLM call, in :data:`EVENT_COLUMNS` order.
 
-    A tuple rather than a dict: this runs once per event on the writer's hot path.
+    The cost is the one the provider reported, else priced with ``prices`` (none
+    without it). A tuple rather than a dict: this runs once per event on the writer's
+    hot path.
     """
     meta = event.metadata
     internal = event.internal_metadata
-    prompt, completion, total = token_counts(event.response)
+    tokens = read_tokens(event.response)
+    model = _model(event)
+    cost = reported_cost(event.response, event.response_meta)
+    if cost is not None:
+        price_id: str | None = PROVIDER_PRICE_ID
+    elif prices is not None:
+        cost, price_id = priced_cost(prices, event.provider, model, event.timestamp, tokens)
+    else:
+        price_id = None
+    kind = error_type(event.error)
     return (
         event.id,
         event.event_type,
@@ -143,7 +150,7 @@ def event_values(event: ProxyLogEvent) -> tuple[Any, ...]:
         event.response,
         event.error,
         event.provider,
-        _model(event),
+        model,
         meta.application,
         meta.environment,
         meta.organization_id,
@@ -162,10 +169,18 @@ def event_values(event: ProxyLogEvent) -> tuple[Any, ...]:
         event.was_rate_limited,
         _ms(event.latency),
         _ms(event.total_latency),
-        prompt,
-        completion,
-        total,
+        tokens.prompt,
+        tokens.completion,
+        tokens.total,
         event.timestamp,
+        tokens.cache_read,
+        tokens.cache_write,
+        tokens.reasoning,
+        cost,
+        price_id,
+        _ms(event.time_to_first_token),
+        call_status(event.error, event.was_rate_limited, kind),
+        kind,
     )
 
 
@@ -190,15 +205,18 @@ def payload_values(event: EventPayload) -> tuple[Any, ...]:
         _object_or_wrapped(event.data),
         *_NINE_NONES[:8],
         event.time,
+        *_NINE_NONES[:6],
+        None if event.error is None else "error",
+        error_type(event.error),
     )
 
 
 _NINE_NONES = (None,) * 9
 
 
-def event_row(event: ProxyLogEvent) -> Row:
+def event_row(event: ProxyLogEvent, prices: PriceBook | None = None) -> Row:
     """The ``chronicle_events`` row of an LLM call, as a dict (for reading and tests)."""
-    return dict(zip(EVENT_COLUMNS, event_values(event), strict=True))
+    return dict(zip(EVENT_COLUMNS, event_values(event, prices), strict=True))
 
 
 def payload_row(event: EventPayload) -> Row:

@@ -12,9 +12,15 @@ Differences from chronicle, each on purpose:
 - ``chronicle_events.created_at`` has a BRIN index on PostgreSQL: rows arrive in time
   order, and BRIN costs almost nothing per insert where a B-tree costs a page split.
 
-And one table of eventlog's own, ``eventlog_dead_letters``: the entries the database
+- Since revision 0004 ``chronicle_events`` also has the cache and reasoning token
+  counts, the call's cost with the price it came from, time to first token, and a
+  ``status``/``error_type`` (filled by the writer: see :mod:`eventlog.usage`).
+
+And tables of eventlog's own: ``eventlog_dead_letters``, the entries the database
 refused for good, kept where a person can find and re-send them (see
-:mod:`eventlog.deadletters`).
+:mod:`eventlog.deadletters`); ``eventlog_prices``, the user's prices (see
+:mod:`eventlog.prices`); ``eventlog_rollup_hourly``, LLM calls summed per hour and
+dimension by the writer in the events' own transaction (see :mod:`eventlog.rollup`).
 """
 
 from __future__ import annotations
@@ -23,11 +29,15 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
+    Date,
     Index,
     Integer,
     MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
     Table,
     Text,
     text,
@@ -36,11 +46,15 @@ from sqlalchemy import (
 from eventlog.types import JsonType, TagsType, UTCDateTime, UUIDType
 
 __all__ = [
+    "LATENCY_BIN_EDGES",
     "POSTGRESQL_ONLY_INDEXES",
+    "ROLLUP_KEYS",
     "chronicle_events",
     "chronicle_runs",
     "chronicle_steps",
     "eventlog_dead_letters",
+    "eventlog_prices",
+    "eventlog_rollup_hourly",
     "include_object_for",
     "metadata",
 ]
@@ -82,7 +96,18 @@ chronicle_events = Table(
     Column("completion_tokens", Integer),
     Column("total_tokens", Integer),
     Column("created_at", UTCDateTime, nullable=False),
+    # Filled by the writer since revision 0004 (see eventlog.usage and eventlog.prices).
+    Column("cache_read_tokens", Integer),
+    Column("cache_write_tokens", Integer),
+    Column("reasoning_tokens", Integer),
+    Column("cost_usd", Numeric(20, 9)),  # exact dollars, to the nano-dollar
+    Column("price_id", Text),  # the price used; "provider" for a cost the provider reported
+    Column("ttft_ms", Integer),  # time to first token
+    Column("status", Text),  # "ok", "error" or "rate_limited"
+    Column("error_type", Text),
     Index("chronicle_events_workflow_id_idx", "workflow_id"),
+    Index("chronicle_events_user_id_created_at_idx", "user_id", "created_at"),
+    Index("chronicle_events_project_id_created_at_idx", "project_id", "created_at"),
     Index("chronicle_events_run_id_created_at_idx", "run_id", "created_at"),
     Index(
         "chronicle_events_created_at_idx",
@@ -151,6 +176,86 @@ eventlog_dead_letters = Table(
     Column("attempts", Integer, nullable=False, server_default=text("1")),
     Column("last_attempt_at", UTCDateTime),  # the latest retry; NULL before any
     Index("eventlog_dead_letters_created_at_idx", "created_at"),
+)
+
+eventlog_prices = Table(
+    "eventlog_prices",
+    metadata,
+    # The user's own prices (``eventlog prices load``), ahead of the bundled ones. Money
+    # is decimal text, exact on both backends: prices are read, never summed in SQL.
+    Column("id", Text, primary_key=True),
+    Column("provider", Text),
+    Column("model", Text),  # an exact model name, or
+    Column("pattern", Text),  # a glob over model names ("gpt-4o-2024-*")
+    Column("valid_from", Date, nullable=False),
+    Column("input", Text, nullable=False),  # USD per million tokens
+    Column("output", Text, nullable=False),
+    Column("cache_read", Text),  # NULL: priced as input
+    Column("cache_write", Text),  # NULL: priced as input
+    Column("reasoning", Text),  # NULL: priced as output
+    Column("request", Text),  # USD per request
+    Column("tiers", Text),  # JSON list of {"above_input_tokens": n, "input": ..., ...}
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+LATENCY_BIN_EDGES: tuple[int, ...] = (
+    1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 16, 19, 23, 27, 32, 38, 45, 54, 64, 76, 91, 108,
+    128, 152, 181, 215, 256, 304, 362, 431, 512, 609, 724, 861, 1024, 1218, 1448, 1722,
+    2048, 2435, 2896, 3444, 4096, 4871, 5793, 6889, 8192, 9742, 11585, 13777, 16384, 19484,
+    23170, 27554, 32768, 38968, 46341, 55109, 65536, 77936, 92682, 110218, 131072, 155872,
+    185364, 220436, 262144, 311744, 370728, 440872, 524288, 623487, 741455, 881744, 1048576,
+)  # fmt: skip
+"""Request-latency histogram edges in ms: ``round(2 ** (k / 4))``, duplicates dropped.
+Bin 0 is under 1 ms, bin ``i`` is ``[edges[i-1], edges[i])``, the last bin is 1,048,576
+ms and over: each bin is at most 19 % wide (``2 ** 0.25``)."""
+
+ROLLUP_KEYS: tuple[str, ...] = (
+    "model",
+    "provider",
+    "application",
+    "environment",
+    "organization_id",
+    "project_id",
+    "user_id",
+)
+"""The rollup's dimensions besides the hour; ``''`` stands for NULL (a key column
+cannot be NULL and unique on both backends)."""
+
+eventlog_rollup_hourly = Table(
+    "eventlog_rollup_hourly",
+    metadata,
+    Column("hour", UTCDateTime, nullable=False),
+    *(Column(key, Text, nullable=False) for key in ROLLUP_KEYS),
+    *(
+        Column(name, BigInteger, nullable=False)
+        for name in (
+            "requests",
+            "errors",
+            "rate_limited",
+            "retried",
+            "retries",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "cost_nanos",  # cost of the priced calls, in nano-dollars (exact)
+            "priced",  # calls with a cost
+            "unpriced",  # calls of a model without a price
+            "unpriced_tokens",
+            "latency_count",
+            "latency_sum_ms",
+            "total_latency_count",
+            "total_latency_sum_ms",
+            "ttft_count",
+            "ttft_sum_ms",
+            "tps_tokens",  # completion tokens of calls with both tokens and latency
+            "tps_ms",  # their request latency
+            *(f"lat_{i:02d}" for i in range(len(LATENCY_BIN_EDGES) + 1)),
+        )
+    ),
+    PrimaryKeyConstraint("hour", *ROLLUP_KEYS, name="eventlog_rollup_hourly_pkey"),
 )
 
 # Tag searches (`tags @> ARRAY['x']`) on PostgreSQL, as chronicle has them; SQLite

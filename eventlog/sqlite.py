@@ -17,6 +17,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from eventlog.postgres import Rollup
 from eventlog.statements import SQLITE_MERGE_FUNCTION, merge_info_json
 
 __all__ = ["SQLiteWriter", "configure"]
@@ -53,28 +54,50 @@ class SQLiteWriter:
         events: list[list[Any]],
         insert_events: str,
         workflow: dict[str, list[list[Any]]],
+        rollup: Rollup | None = None,
     ) -> None:
-        """Write encoded event rows and run/step statements in one transaction."""
+        """Write encoded event rows, run/step statements and the rollup's increments in
+        one transaction."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._write, events, insert_events, workflow)
+        await loop.run_in_executor(
+            self._thread, self._write, events, insert_events, workflow, rollup
+        )
+
+    async def fetch_prices(self) -> list[dict[str, Any]] | Exception:
+        """The rows of ``eventlog_prices`` (the user's prices), or why they cannot be
+        read; on this writer's own connection."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._fetch_prices)
+
+    def _fetch_prices(self) -> list[dict[str, Any]] | Exception:
+        try:
+            cursor = self._connection().execute("SELECT * FROM eventlog_prices ORDER BY id")
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        except sqlite3.Error as err:
+            return err
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self._database, uri=self._uri, isolation_level=None, check_same_thread=False
+            )
+            configure(conn, memory=self._memory)
+            self._conn = conn
+        return self._conn
 
     def _write(
         self,
         events: list[list[Any]],
         insert_events: str,
         workflow: dict[str, list[list[Any]]],
+        rollup: Rollup | None,
     ) -> None:
-        conn = self._conn
-        if conn is None:
-            conn = sqlite3.connect(
-                self._database, uri=self._uri, isolation_level=None, check_same_thread=False
-            )
-            configure(conn, memory=self._memory)
-            self._conn = conn
+        conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             if events:
-                conn.executemany(insert_events, events)
+                _insert_events(conn, events, insert_events, rollup)
             for sql, params in workflow.items():
                 conn.executemany(sql, params)
         except BaseException:
@@ -92,3 +115,43 @@ class SQLiteWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+_IDS_PER_QUERY = 500
+
+
+def _insert_events(
+    conn: sqlite3.Connection, events: list[list[Any]], sql: str, rollup: Rollup | None
+) -> None:
+    """Insert the rows (a stored id is skipped) and add the rollup's increments for
+    the rows inserted.
+
+    The common case inserts every row, which the row count shows. Otherwise the insert
+    is undone to a savepoint and done again without the ids already stored (this
+    connection holds the write lock, so no other writer can store one meanwhile).
+    """
+    if rollup is None:
+        conn.executemany(sql, events)
+        return
+    conn.execute("SAVEPOINT eventlog_events")
+    if conn.executemany(sql, events).rowcount == len(events):
+        conn.execute("RELEASE eventlog_events")
+        conn.executemany(rollup.sql, rollup.params())
+        return
+    conn.execute("ROLLBACK TO eventlog_events")
+    conn.execute("RELEASE eventlog_events")
+    stored: set[Any] = set()
+    ids = [row[0] for row in events]
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[start : start + _IDS_PER_QUERY]
+        marks = ",".join("?" * len(chunk))
+        found = conn.execute(f"SELECT id FROM chronicle_events WHERE id IN ({marks})", chunk)
+        stored.update(row[0] for row in found)
+    fresh: dict[Any, list[Any]] = {}
+    for row in events:
+        if row[0] not in stored and row[0] not in fresh:
+            fresh[row[0]] = row
+    conn.executemany(sql, list(fresh.values()))
+    params = rollup.params(fresh.keys())
+    if params:
+        conn.executemany(rollup.sql, params)

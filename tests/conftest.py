@@ -29,7 +29,14 @@ POSTGRES_URL = os.environ.get(
 )
 REQUIRE_POSTGRES = os.environ.get("EVENTLOG_REQUIRE_POSTGRES") == "1"
 BACKENDS = ["sqlite", "postgresql"]
-TABLES = ("chronicle_events", "chronicle_runs", "chronicle_steps", "eventlog_dead_letters")
+TABLES = (
+    "chronicle_events",
+    "chronicle_runs",
+    "chronicle_steps",
+    "eventlog_dead_letters",
+    "eventlog_prices",
+    "eventlog_rollup_hourly",
+)
 
 
 def _asyncpg_dsn(url: str) -> str:

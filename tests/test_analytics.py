@@ -489,6 +489,9 @@ def test_time_presets_iso_and_local_times_parse_to_utc() -> None:
     )
 
 
+CHRONICLE_TABLES = ("chronicle_events", "chronicle_runs", "chronicle_steps")
+
+
 # -- both backends, one answer -----------------------------------------------------------
 
 
@@ -514,7 +517,7 @@ async def test_postgresql_and_sqlite_give_identical_answers(
     for url in (f"sqlite:///{tmp_path / 'same.db'}", migrated_postgres_url):
         async with await eventlog.open_database(url, migrate=url.startswith("sqlite")) as db:
             async with db.engine.begin() as conn:
-                for table in ("chronicle_events", "chronicle_runs", "chronicle_steps"):
+                for table in (*CHRONICLE_TABLES, "eventlog_rollup_hourly"):
                     await conn.execute(text(f"DELETE FROM {table}"))
             await load(db)
             answers.append(await every_answer(db))

@@ -8,6 +8,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -93,6 +94,7 @@ async def test_llm_call_fills_every_column(db: Database) -> None:
         },
         internal_metadata={"organization_id": "org", "project_id": "proj", "user_id": "user"},
         response_meta={"region": "us"},
+        time_to_first_token=0.3,
     )
     await log(db, [event])
     (row,) = await rows(db, chronicle_events)
@@ -129,7 +131,17 @@ async def test_llm_call_fills_every_column(db: Database) -> None:
         "completion_tokens": 2,
         "total_tokens": 11,
         "created_at": T0,
+        "cache_read_tokens": None,
+        "cache_write_tokens": None,
+        "reasoning_tokens": None,
+        # gpt-4o-2024-08-06 at $2.50 / $10 per million: 9 * 2.5e-6 + 2 * 10e-6
+        "cost_usd": Decimal("0.000042500"),
+        "price_id": row["price_id"],
+        "ttft_ms": 300,
+        "status": "rate_limited",  # failed, after a rate limit
+        "error_type": None,
     }
+    assert row["price_id"] is not None and "gpt-4o" in row["price_id"]
 
 
 async def test_absent_values_are_sql_null_not_json_null(db: Database) -> None:

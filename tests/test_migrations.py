@@ -21,7 +21,7 @@ from eventlog.schema import include_object_for, metadata
 
 REPO = Path(__file__).resolve().parent.parent
 CHRONICLE_TABLES = {"chronicle_events", "chronicle_runs", "chronicle_steps"}
-TABLES = CHRONICLE_TABLES | {"eventlog_dead_letters"}
+TABLES = CHRONICLE_TABLES | {"eventlog_dead_letters", "eventlog_prices", "eventlog_rollup_hourly"}
 BIN = Path(sys.executable).parent
 
 

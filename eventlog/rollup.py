@@ -1,0 +1,339 @@
+"""The hourly rollup: LLM calls summed per hour and dimension, kept by the writer.
+
+``eventlog_rollup_hourly`` has one row per hour, model, provider, application,
+environment, organization, project and user, with counts, token and cost sums, latency
+sums and a fixed log-scale histogram of request latency (see
+:data:`~eventlog.schema.LATENCY_BIN_EDGES`). 30- and 90-day reports read it instead of
+millions of raw rows.
+
+Each call counts once. The writer adds a batch's increments in the transaction that
+inserts the batch's rows, and only for the rows actually inserted: an event sent twice,
+or a batch retried after a lost commit, finds its id stored and adds nothing. On
+PostgreSQL a COPY either inserts every row or fails; the conflict-safe path learns the
+inserted ids from ``RETURNING``. On SQLite the insert's row count says whether every row
+went in; if not, the batch is inserted again, from a savepoint, without the stored ids.
+
+:func:`rebuild` recomputes hours from the raw rows (``eventlog rollup --rebuild``): after a
+bulk import by other means, a prune, or a re-pricing. It locks the rollup against the
+writer's increments one day at a time (the writer waits; no increment is lost or counted
+twice).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy import Insert, and_, delete, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from eventlog.exceptions import DatabaseError
+from eventlog.rows import EVENT_COLUMNS
+from eventlog.schema import (
+    LATENCY_BIN_EDGES,
+    ROLLUP_KEYS,
+    chronicle_events,
+    eventlog_rollup_hourly,
+)
+from eventlog.transient import is_transient
+
+if TYPE_CHECKING:
+    from eventlog.database import Database
+
+__all__ = [
+    "LLM_CALL",
+    "SUM_COLUMNS",
+    "Call",
+    "RebuildResult",
+    "aggregate",
+    "call_from_row",
+    "hour_of",
+    "latency_bin",
+    "rebuild",
+    "upsert_statement",
+]
+
+LLM_CALL: Final = "chronicle_llm_request"
+
+SUM_COLUMNS: Final[tuple[str, ...]] = tuple(
+    c.name for c in eventlog_rollup_hourly.columns if c.name != "hour" and c.name not in ROLLUP_KEYS
+)
+"""The rollup's summed columns, in table order: the order of :func:`aggregate`'s sums."""
+
+_FIRST_BIN: Final = SUM_COLUMNS.index("lat_00")
+_S: Final = {name: i for i, name in enumerate(SUM_COLUMNS)}
+_NANOS: Final = Decimal(1_000_000_000)
+
+# A call, as the rollup needs it: a tuple, built once per inserted LLM call.
+#   (id, hour, key texts x 7, has_error, rate_limited, retries, prompt, completion,
+#    total, cache_read, cache_write, reasoning, request_ms, total_ms, ttft_ms, cost)
+Call = tuple[Any, ...]
+
+_ROW_FIELDS: Final = (
+    *ROLLUP_KEYS,
+    "error",
+    "rate_limited",
+    "retries",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "request_latency_ms",
+    "total_latency_ms",
+    "ttft_ms",
+)
+_ROW_INDEX: Final = tuple(EVENT_COLUMNS.index(name) for name in _ROW_FIELDS)
+_EVENT_TYPE: Final = EVENT_COLUMNS.index("event_type")
+_CREATED_AT: Final = EVENT_COLUMNS.index("created_at")
+_COST: Final = EVENT_COLUMNS.index("cost_usd")
+
+
+def hour_of(moment: datetime) -> datetime:
+    """The UTC hour ``moment`` falls in."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def latency_bin(ms: int) -> int:
+    """The histogram bin of a request latency in milliseconds."""
+    return bisect.bisect_right(LATENCY_BIN_EDGES, ms)
+
+
+def call_from_row(values: Sequence[Any], encoded: Sequence[Any]) -> Call | None:
+    """The rollup's view of one event row, or None if it is not an LLM call.
+
+    ``values`` are the row's Python values and ``encoded`` the driver's (both in
+    :data:`~eventlog.rows.EVENT_COLUMNS` order): texts and numbers are taken as stored
+    (after any repair), the time and cost from the Python values.
+    """
+    if values[_EVENT_TYPE] != LLM_CALL:
+        return None
+    fields = [encoded[i] for i in _ROW_INDEX]
+    fields[len(ROLLUP_KEYS)] = fields[len(ROLLUP_KEYS)] is not None  # has an error
+    return (encoded[0], hour_of(values[_CREATED_AT]), *fields, values[_COST])
+
+
+def aggregate(calls: Iterable[Call]) -> list[tuple[datetime, tuple[str, ...], list[int]]]:
+    """Sum calls per hour and key: ``(hour, keys, sums in SUM_COLUMNS order)``, sorted
+    by hour and keys (two writers then lock rollup rows in the same order)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    width = len(SUM_COLUMNS)
+    n_keys = len(ROLLUP_KEYS)
+    for call in calls:
+        hour = call[1]
+        keys = tuple("" if k is None else k for k in call[2 : 2 + n_keys])
+        sums = groups.get((hour, keys))
+        if sums is None:
+            sums = groups[(hour, keys)] = [0] * width
+        (
+            has_error,
+            rate_limited,
+            retries,
+            prompt,
+            completion,
+            total,
+            cache_read,
+            cache_write,
+            reasoning,
+            request_ms,
+            total_ms,
+            ttft_ms,
+            cost,
+        ) = call[2 + n_keys :]
+        sums[_S["requests"]] += 1
+        if has_error:
+            sums[_S["errors"]] += 1
+        if rate_limited:
+            sums[_S["rate_limited"]] += 1
+        if retries:
+            sums[_S["retries"]] += retries
+            if retries > 0:
+                sums[_S["retried"]] += 1
+        sums[_S["prompt_tokens"]] += prompt or 0
+        sums[_S["completion_tokens"]] += completion or 0
+        sums[_S["total_tokens"]] += total or 0
+        sums[_S["cache_read_tokens"]] += cache_read or 0
+        sums[_S["cache_write_tokens"]] += cache_write or 0
+        sums[_S["reasoning_tokens"]] += reasoning or 0
+        if cost is None:
+            sums[_S["unpriced"]] += 1
+            sums[_S["unpriced_tokens"]] += _tokens(prompt, completion, total)
+        else:
+            sums[_S["priced"]] += 1
+            sums[_S["cost_nanos"]] += int(Decimal(cost) * _NANOS)
+        if request_ms is not None:
+            sums[_S["latency_count"]] += 1
+            sums[_S["latency_sum_ms"]] += request_ms
+            sums[_FIRST_BIN + latency_bin(request_ms)] += 1
+            if completion is not None and request_ms > 0:
+                sums[_S["tps_tokens"]] += completion
+                sums[_S["tps_ms"]] += request_ms
+        if total_ms is not None:
+            sums[_S["total_latency_count"]] += 1
+            sums[_S["total_latency_sum_ms"]] += total_ms
+        if ttft_ms is not None:
+            sums[_S["ttft_count"]] += 1
+            sums[_S["ttft_sum_ms"]] += ttft_ms
+    return [(hour, keys, sums) for (hour, keys), sums in sorted(groups.items())]
+
+
+def _tokens(prompt: int | None, completion: int | None, total: int | None) -> int:
+    if total is not None:
+        return total
+    return (prompt or 0) + (completion or 0)
+
+
+def upsert_statement(dialect: str) -> Insert:
+    """``INSERT ... ON CONFLICT (hour, keys) DO UPDATE SET s = s + excluded.s``."""
+    if dialect == "postgresql":
+        ins: Any = postgresql.insert(eventlog_rollup_hourly)
+    elif dialect == "sqlite":
+        ins = sqlite.insert(eventlog_rollup_hourly)
+    else:
+        raise ValueError(f"unsupported dialect {dialect!r}")
+    table = eventlog_rollup_hourly.c
+    statement: Insert = ins.on_conflict_do_update(
+        index_elements=["hour", *ROLLUP_KEYS],
+        set_={name: table[name] + ins.excluded[name] for name in SUM_COLUMNS},
+    )
+    return statement
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildResult:
+    """What :func:`rebuild` did: the span it covered, the rollup rows it wrote and the
+    LLM calls they sum."""
+
+    since: datetime | None
+    until: datetime | None
+    rows: int
+    calls: int
+
+
+_CHUNK: Final = timedelta(days=1)
+
+
+async def rebuild(
+    db: Database,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    model: str | None = None,
+    before_chunk: Callable[[AsyncConnection, datetime, datetime], Awaitable[None]] | None = None,
+) -> RebuildResult:
+    """Recompute the rollup of the hours in ``[since, until)`` (every hour with calls or
+    rollup rows when not given; times are rounded out to whole hours) from the raw rows;
+    only ``model``'s rows when given.
+
+    Works a day at a time, each day in one transaction that first locks the rollup
+    against the writer's increments. ``before_chunk(conn, start, end)`` runs first in
+    each day's transaction (re-pricing uses it to update the costs it then sums).
+    """
+    start, end = await _span(db, since, until)
+    if start is None or end is None:
+        return RebuildResult(since, until, 0, 0)
+    rows = calls = 0
+    chunk_start = start
+    while chunk_start < end:
+        chunk_end = min(chunk_start + _CHUNK, end)
+        try:
+            async with db.engine.begin() as conn:
+                if db.dialect == "postgresql":
+                    await conn.exec_driver_sql(
+                        "LOCK TABLE eventlog_rollup_hourly IN SHARE ROW EXCLUSIVE MODE"
+                    )
+                if before_chunk is not None:
+                    await before_chunk(conn, chunk_start, chunk_end)
+                n_rows, n_calls = await _rebuild_chunk(conn, chunk_start, chunk_end, model)
+        except SQLAlchemyError as err:
+            raise DatabaseError(
+                f"rebuilding the rollup of {chunk_start:%Y-%m-%d %H:00} to "
+                f"{chunk_end:%Y-%m-%d %H:00} UTC failed: {type(err).__name__}: {err}",
+                transient=is_transient(err),
+            ) from err
+        rows += n_rows
+        calls += n_calls
+        chunk_start = chunk_end
+    return RebuildResult(start, end, rows, calls)
+
+
+async def _span(
+    db: Database, since: datetime | None, until: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    events, rollup = chronicle_events.c, eventlog_rollup_hourly.c
+    if since is None or until is None:
+        async with db.engine.connect() as conn:
+            found = (
+                await conn.execute(
+                    select(func.min(events.created_at), func.max(events.created_at)).where(
+                        events.event_type == LLM_CALL
+                    )
+                )
+            ).one()
+            kept = (await conn.execute(select(func.min(rollup.hour), func.max(rollup.hour)))).one()
+        lows = [v for v in (found[0], kept[0]) if v is not None]
+        highs = [v for v in (found[1], kept[1]) if v is not None]
+        if since is None:
+            if not lows:
+                return None, None
+            since = min(lows)
+        if until is None:
+            if not highs:
+                return None, None
+            until = max(highs) + timedelta(hours=1)
+    start = hour_of(since)
+    until = until.astimezone(UTC) if until.tzinfo else until.replace(tzinfo=UTC)
+    end = hour_of(until)
+    if end < until:
+        end += timedelta(hours=1)
+    return start, end
+
+
+async def _rebuild_chunk(
+    conn: AsyncConnection, start: datetime, end: datetime, model: str | None
+) -> tuple[int, int]:
+    rollup, events = eventlog_rollup_hourly.c, chronicle_events.c
+    # The delete first: on SQLite it takes the write lock, so no batch commits between
+    # the read below and the insert.
+    condition = and_(rollup.hour >= start, rollup.hour < end)
+    if model is not None:
+        condition = and_(condition, rollup.model == model)
+    await conn.execute(delete(eventlog_rollup_hourly).where(condition))
+    wanted = [events.id, events.created_at, *(events[name] for name in _ROW_FIELDS)]
+    query = select(*wanted, events.cost_usd).where(
+        events.event_type == LLM_CALL,
+        events.created_at >= start,
+        events.created_at < end,
+    )
+    if model is not None:
+        query = query.where(events.model == model)
+    result = await conn.stream(query.execution_options(yield_per=5000))
+    calls: list[Call] = []
+    n_keys = len(ROLLUP_KEYS)
+    async for row in result:
+        fields = list(row[2:-1])
+        fields[n_keys] = fields[n_keys] is not None
+        calls.append((row[0], hour_of(row[1]), *fields, row[-1]))
+    grouped = aggregate(calls)
+    if grouped:
+        await conn.execute(
+            insert(eventlog_rollup_hourly),
+            [
+                {
+                    "hour": hour,
+                    **dict(zip(ROLLUP_KEYS, keys, strict=True)),
+                    **dict(zip(SUM_COLUMNS, sums, strict=True)),
+                }
+                for hour, keys, sums in grouped
+            ],
+        )
+    return len(grouped), len(calls)
