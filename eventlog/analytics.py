@@ -1513,16 +1513,39 @@ STATS_KEYS: Final = (
     "output_tokens_per_second",
     "latency_ms",
     "total_latency_ms",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "cost_per_1k_requests",
+    "priced_requests",
+    "unpriced_requests",
+    "unpriced_tokens",
+    "ttft_ms",
 )
 """The keys of every object of :func:`stats_records`, in order. A contract for scripts
 (per-tenant billing): keys are only ever added, never renamed or removed."""
 
-LATENCY_KEYS: Final = ("count", "avg", "p50", "p75", "p90", "p95", "p99")
+LATENCY_KEYS: Final = (
+    "count",
+    "avg",
+    "p50",
+    "p75",
+    "p90",
+    "p95",
+    "p99",
+    "approximate",
+    "bin_width",
+)
 
 
 def iso_utc(value: datetime) -> str:
     """ISO 8601 in UTC with a ``Z``: the one time format of the JSON output."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _decimal_text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _latency_json(stats: LatencyStats) -> dict[str, Any]:
@@ -1535,7 +1558,8 @@ def stats_records(
     """:func:`usage` and :func:`latency` rows of the same arguments as JSON objects with
     the keys :data:`STATS_KEYS`: times in UTC, ``group`` an object of the ``by`` names,
     rates as fractions (``null`` without requests), latency objects of
-    :data:`LATENCY_KEYS` in milliseconds."""
+    :data:`LATENCY_KEYS` in milliseconds, money as exact decimal text (``"0.004250000"``,
+    USD)."""
     records = []
     for use, lat in zip(usage_rows, latency_rows, strict=True):
         if (use.start, use.end, dict(use.group)) != (lat.start, lat.end, dict(lat.group)):
@@ -1560,6 +1584,16 @@ def stats_records(
                 "output_tokens_per_second": use.output_tokens_per_second,
                 "latency_ms": _latency_json(lat.request),
                 "total_latency_ms": _latency_json(lat.total),
+                "cache_read_tokens": use.cache_read_tokens,
+                "cache_write_tokens": use.cache_write_tokens,
+                "reasoning_tokens": use.reasoning_tokens,
+                # Exact decimal text: a float would lose cents over many calls.
+                "cost_usd": str(use.cost_usd),
+                "cost_per_1k_requests": _decimal_text(use.cost_per_1k_requests),
+                "priced_requests": use.priced_requests,
+                "unpriced_requests": use.unpriced_requests,
+                "unpriced_tokens": use.unpriced_tokens,
+                "ttft_ms": _latency_json(lat.ttft),
             }
         )
     return records

@@ -155,7 +155,7 @@ def aggregate(calls: Iterable[Call]) -> list[tuple[datetime, tuple[str, ...], li
         if rate_limited:
             sums[_S["rate_limited"]] += 1
         if retries:
-            sums[_S["retries"]] += retries
+            sums[_S["retries"]] += retries  # as SUM(retries) over the raw rows
             if retries > 0:
                 sums[_S["retried"]] += 1
         sums[_S["prompt_tokens"]] += prompt or 0

@@ -200,13 +200,16 @@ def priced_cost(
     price = prices.find(provider, model, at)
     if price is None:
         return None, None
-    cost = price.cost(
-        prompt_tokens=tokens.prompt or 0,
-        completion_tokens=tokens.completion or 0,
-        cache_read_tokens=tokens.cache_read or 0,
-        cache_write_tokens=tokens.cache_write or 0,
-        reasoning_tokens=tokens.reasoning or 0,
-    )
+    try:
+        cost = price.cost(
+            prompt_tokens=tokens.prompt or 0,
+            completion_tokens=tokens.completion or 0,
+            cache_read_tokens=tokens.cache_read or 0,
+            cache_write_tokens=tokens.cache_write or 0,
+            reasoning_tokens=tokens.reasoning or 0,
+        )
+    except ValueError:  # a negative count: the call cannot be priced, and is kept
+        return None, None
     return cost, price.id
 
 

@@ -1,13 +1,16 @@
 """Following new events (``eventlog.tail.follow``, ``eventlog tail``) on both backends.
 
-Every wait is bounded and ends on a condition (a row yielded, a line printed); absence
-is checked with a sentinel: a row written last must be the next one yielded, so a
-duplicate or an unwanted row, which would come before it, fails the test.
+Every wait is bounded and ends on a condition (a row yielded, a line printed, a
+connection seen in ``pg_stat_activity``); absence is checked with a sentinel: a row
+written last must be the next one yielded, so a duplicate or an unwanted row, which
+would come before it, fails the test. That PostgreSQL's follower listens is shown with
+a poll interval of an hour: only a notification can wake it within the test's timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import RowMapping
+from sqlalchemy import RowMapping, text
 
 from eventlog import (
     Database,
@@ -29,10 +32,13 @@ from eventlog import (
 from eventlog.cli import main
 from eventlog.events import utc_now
 from eventlog.ids import uuid7
-from eventlog.tail import follow
+from eventlog.tail import APPLICATION_NAME, follow
 
 EVENTLOG = str(Path(sys.executable).parent / "eventlog")
 FAST = 0.02  # poll interval in tests: seconds
+HOUR = 3600.0  # a poll interval that never comes round within a test
+postgresql_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
 async def take(rows: AsyncGenerator[RowMapping, None], n: int) -> list[RowMapping]:
@@ -157,6 +163,7 @@ async def test_where_keeps_the_rows_whose_columns_match(db: Database) -> None:
         ({"lag": timedelta(seconds=-1)}, "lag must be a timedelta >= 0"),
         ({"page_size": 0}, "page_size must be a positive int"),
         ({"since": timedelta(seconds=-1)}, "since must be a non-negative age"),
+        ({"listen": 1}, "listen must be True, False or None"),
     ],
 )
 async def test_bad_arguments_are_refused_at_the_first_step(
@@ -245,3 +252,151 @@ async def test_an_event_stamped_in_the_future_does_not_hide_the_ones_after_it(
     await db.write_log_batch(normal)
     assert sorted(row["id"] for row in await take(rows, 3)) == sorted(e.id for e in normal)
     await rows.aclose()
+
+
+# -- listening on PostgreSQL, polling SQLite ------------------------------------------------
+
+
+async def listeners(db: Database) -> list[tuple[int, str, str]]:
+    """(pid, state, last query) of the followers' connections to this database."""
+    query = text(
+        "SELECT pid, state, query FROM pg_stat_activity "
+        "WHERE application_name = :name AND datname = current_database()"
+    )
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(query, {"name": APPLICATION_NAME})
+        return [(row.pid, row.state, row.query) for row in rows]
+
+
+async def listening_pid(db: Database, *, other_than: int | None = None) -> int:
+    """Wait until a follower's connection has run LISTEN; its server process id."""
+    async with asyncio.timeout(30):
+        while True:
+            for pid, state, query in await listeners(db):
+                if state == "idle" and query.startswith("LISTEN") and pid != other_than:
+                    return pid
+            await asyncio.sleep(0.01)
+
+
+async def no_listener(db: Database, *, pid: int | None = None) -> None:
+    """Wait until no follower's connection (or not the one of ``pid``) is left."""
+    async with asyncio.timeout(30):
+        while True:
+            if all(pid not in (None, found) for found, _, _ in await listeners(db)):
+                return
+            await asyncio.sleep(0.01)
+
+
+class Logged(logging.Handler):
+    """Sets ``seen`` when a message containing ``text`` is logged (on the loop's thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+async def close(
+    rows: AsyncGenerator[RowMapping, None], pending: asyncio.Future[RowMapping]
+) -> None:
+    """Close ``rows``, once the step under way (if a test failed midway) has stopped."""
+    pending.cancel()
+    await asyncio.wait([pending])
+    await rows.aclose()
+
+
+@postgresql_only
+async def test_on_postgresql_an_event_logged_wakes_the_follower_long_before_its_poll(
+    db: Database,
+) -> None:
+    rows = follow(db, poll_interval=HOUR)
+    first = asyncio.ensure_future(anext(rows))
+    await listening_pid(db)
+    sender, task = start_database_logger(db, debounce_time=0.005)
+    event = ProxyLogEvent(model="gpt-4o")
+    try:
+        sender.send(event)
+        async with asyncio.timeout(30):
+            row = await first
+        assert row["id"] == event.id
+        await next_is(rows, db)  # written after the follower went back to waiting
+    finally:
+        sender.close()
+        await task
+        await close(rows, first)
+
+
+@sqlite_only
+async def test_sqlite_is_polled_and_refuses_listen_true(db: Database) -> None:
+    with pytest.raises(ValueError, match="listen=True needs PostgreSQL"):
+        await anext(follow(db, listen=True))
+    rows = follow(db, since=utc_now(), poll_interval=FAST)
+    await next_is(rows, db)
+    await rows.aclose()
+
+
+async def test_listen_false_polls_without_a_listening_connection(db: Database) -> None:
+    rows = follow(db, since=utc_now(), poll_interval=FAST, listen=False)
+    await next_is(rows, db)  # by now it has waited between reads: a listener would show
+    if db.dialect == "postgresql":
+        assert await listeners(db) == []
+    await rows.aclose()
+
+
+@postgresql_only
+@pytest.mark.parametrize("stop", ["aclose", "cancel"])
+async def test_the_listening_connection_is_closed_when_the_iteration_stops(
+    db: Database, stop: str
+) -> None:
+    rows = follow(db, poll_interval=HOUR)
+    pending = asyncio.ensure_future(anext(rows))
+    await listening_pid(db)
+    if stop == "aclose":
+        await db.write_log_batch([EventPayload(type="one")])
+        async with asyncio.timeout(30):
+            await pending
+        await rows.aclose()
+    else:
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+    await no_listener(db)
+
+
+@postgresql_only
+async def test_a_lost_listening_connection_falls_back_to_polling_and_listens_again(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = follow(db, poll_interval=HOUR)
+    pending = asyncio.ensure_future(anext(rows))
+    pid = await listening_pid(db)
+    try:
+        lost = Logged("the connection listening for new events was closed")
+        logging.getLogger("eventlog").addHandler(lost)
+        try:
+            with caplog.at_level(logging.WARNING, logger="eventlog"):
+                async with db.engine.connect() as conn:
+                    await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                async with asyncio.timeout(30):  # the follower saw it go, and polls
+                    await lost.seen.wait()
+        finally:
+            logging.getLogger("eventlog").removeHandler(lost)
+        assert "listening again in 1 s" in caplog.text
+        unnotified = EventPayload(type="written while not listening")
+        await db.write_log_batch([unnotified])
+        async with asyncio.timeout(30):
+            assert (await pending)["id"] == unnotified.id
+
+        pending = asyncio.ensure_future(anext(rows))
+        await listening_pid(db, other_than=pid)
+        sentinel = EventPayload(type="sentinel")
+        await db.write_log_batch([sentinel])
+        async with asyncio.timeout(30):
+            assert (await pending)["id"] == sentinel.id
+        await next_is(rows, db)  # only a notification could have woken it
+    finally:
+        await close(rows, pending)

@@ -13,10 +13,15 @@ per-user and per-project reports; ``created_at`` keeps its BRIN (PostgreSQL) or 
 (SQLite) from 0001. ``eventlog_rollup_hourly`` sums LLM calls per hour and dimension,
 with a fixed 77-bin log-scale histogram of request latency; ``eventlog_prices`` holds
 prices loaded by the user. Types spelled out per dialect, as in 0001.
+
+The rollup is filled from the LLM calls already stored, in one statement, so that
+long-window reports include history from the start (their cost is unknown: they count
+as unpriced until ``eventlog reprice``).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -76,6 +81,70 @@ _ROLLUP_SUMS = (
 )
 
 
+def _edges() -> list[int]:
+    """The histogram's bin edges in ms: round(2 ** (k / 4)), duplicates dropped."""
+    edges: list[int] = []
+    for k in range(81):
+        edge = round(2 ** (k / 4))
+        if not edges or edge > edges[-1]:
+            edges.append(edge)
+    return edges
+
+
+def _backfill() -> None:
+    """Sum the LLM calls already stored into the rollup, as the writer would have."""
+    is_pg = op.get_context().dialect.name == "postgresql"
+    hour = (
+        "date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        if is_pg
+        else "strftime('%Y-%m-%d %H:00:00.000000', created_at)"
+    )
+    keys = [f"COALESCE({key}, '')" for key in _ROLLUP_KEYS]
+    tokens = "COALESCE(total_tokens, COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0))"
+    tps = "completion_tokens IS NOT NULL AND request_latency_ms > 0"
+    edges = _edges()
+    bins = ["CASE WHEN request_latency_ms < 1 THEN 1 ELSE 0 END"]
+    bins += [
+        f"CASE WHEN request_latency_ms >= {low} AND request_latency_ms < {high} THEN 1 ELSE 0 END"
+        for low, high in itertools.pairwise(edges)
+    ]
+    bins.append(f"CASE WHEN request_latency_ms >= {edges[-1]} THEN 1 ELSE 0 END")
+    sums = [
+        "COUNT(*)",
+        "SUM(CASE WHEN error IS NOT NULL THEN 1 ELSE 0 END)",
+        f"SUM(CASE WHEN rate_limited = {'true' if is_pg else '1'} THEN 1 ELSE 0 END)",
+        "SUM(CASE WHEN retries > 0 THEN 1 ELSE 0 END)",
+        "COALESCE(SUM(retries), 0)",
+        "COALESCE(SUM(prompt_tokens), 0)",
+        "COALESCE(SUM(completion_tokens), 0)",
+        "COALESCE(SUM(total_tokens), 0)",
+        "0",
+        "0",
+        "0",
+        "0",
+        "0",
+        "COUNT(*)",
+        f"SUM({tokens})",
+        "COUNT(request_latency_ms)",
+        "COALESCE(SUM(request_latency_ms), 0)",
+        "COUNT(total_latency_ms)",
+        "COALESCE(SUM(total_latency_ms), 0)",
+        "0",
+        "0",
+        f"COALESCE(SUM(CASE WHEN {tps} THEN completion_tokens END), 0)",
+        f"COALESCE(SUM(CASE WHEN {tps} THEN request_latency_ms END), 0)",
+        *(f"SUM({b})" for b in bins),
+    ]
+    assert len(sums) == len(_ROLLUP_SUMS)
+    columns = ", ".join(["hour", *_ROLLUP_KEYS, *_ROLLUP_SUMS])
+    group = ", ".join([hour, *keys])
+    op.execute(
+        f"INSERT INTO eventlog_rollup_hourly ({columns}) "
+        f"SELECT {hour}, {', '.join(keys)}, {', '.join(sums)} FROM chronicle_events "
+        f"WHERE event_type = 'chronicle_llm_request' GROUP BY {group}"
+    )
+
+
 def upgrade() -> None:
     time = sa.DateTime(timezone=True)
     with op.batch_alter_table("chronicle_events") as batch:
@@ -112,6 +181,7 @@ def upgrade() -> None:
         sa.Column("tiers", sa.Text()),
         sa.Column("created_at", time, nullable=False),
     )
+    _backfill()
 
 
 def downgrade() -> None:

@@ -1,0 +1,161 @@
+"""Re-pricing history after a price changed: ``eventlog reprice --since DATE``.
+
+The writer prices each call once, when it is written, and stores the ``price_id`` used.
+When a price was wrong, or a model had none, :func:`reprice` computes the cost of the
+stored calls again with today's prices (the user's, then the bundled ones; see
+:mod:`eventlog.prices`) from their token columns, updates the rows whose cost or price
+changed, and rebuilds the rollup of the same hours, in one transaction per day (see
+:func:`eventlog.rollup.rebuild`). A cost the provider reported (``price_id``
+``"provider"``) is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Text, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from eventlog.analytics import TimeArg, parse_time
+from eventlog.database import Database
+from eventlog.rollup import LLM_CALL, rebuild
+from eventlog.schema import chronicle_events
+from eventlog.usage import PROVIDER_PRICE_ID, Tokens, priced_cost
+
+__all__ = ["RepriceResult", "reprice"]
+
+_UPDATES_PER_STATEMENT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RepriceResult:
+    """What :func:`reprice` did over ``[since, until)`` (rounded out to whole hours).
+
+    ``calls`` LLM calls were looked at; ``changed`` got a new cost or price, of which
+    ``now_priced`` had none before; ``unpriced`` still have none (no price for the
+    model, or no token counts); ``provider_cost`` kept the cost the provider reported.
+    """
+
+    since: datetime
+    until: datetime
+    model: str | None
+    calls: int
+    changed: int
+    now_priced: int
+    unpriced: int
+    provider_cost: int
+    rollup_rows: int
+    unpriced_models: dict[str, int] = field(default_factory=dict)
+
+
+async def reprice(
+    db: Database,
+    *,
+    since: TimeArg,
+    until: TimeArg = None,
+    model: str | None = None,
+    now: datetime | None = None,
+) -> RepriceResult:
+    """Compute the cost of the LLM calls in ``[since, until)`` again with the current
+    prices, and rebuild the rollup of those hours. ``since`` is required: a datetime, a
+    span back from now (``30d``), or an ISO date or time (UTC unless it says)."""
+    if since is None:
+        raise ValueError("since must be given: a datetime, a span like 30d, or an ISO date")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise ValueError(f"model must be a non-empty str or None, got {model!r}")
+    from eventlog.prices import PriceBook, load_user_prices  # prices build on the database
+
+    moment = datetime.now(UTC) if now is None else parse_time(now, "now", now=datetime.now(UTC))
+    start = parse_time(since, "since", now=moment)
+    end = parse_time(until, "until", now=moment)
+    if start >= end:
+        raise ValueError(
+            f"since must be before until, got {start.isoformat()} >= {end.isoformat()}"
+        )
+    book = PriceBook.default(await load_user_prices(db))
+    counts = {"calls": 0, "changed": 0, "now_priced": 0, "unpriced": 0, "provider": 0}
+    unpriced_models: dict[str, int] = {}
+    events = chronicle_events.c
+    # SQLite cannot bind a Decimal: the NUMERIC column reads the decimal text as a number.
+    cost_type: Any = Text() if db.dialect == "sqlite" else events.cost_usd.type
+    statement = (
+        update(chronicle_events)
+        .where(events.id == bindparam("row_id"))
+        .values(cost_usd=bindparam("new_cost", type_=cost_type), price_id=bindparam("new_price"))
+    )
+
+    async def reprice_chunk(
+        conn: AsyncConnection, chunk_start: datetime, chunk_end: datetime
+    ) -> None:
+        query = select(
+            events.id,
+            events.provider,
+            events.model,
+            events.created_at,
+            events.prompt_tokens,
+            events.completion_tokens,
+            events.total_tokens,
+            events.cache_read_tokens,
+            events.cache_write_tokens,
+            events.reasoning_tokens,
+            events.cost_usd,
+            events.price_id,
+        ).where(
+            events.event_type == LLM_CALL,
+            events.created_at >= chunk_start,
+            events.created_at < chunk_end,
+        )
+        if model is not None:
+            query = query.where(events.model == model)
+        updates: list[dict[str, Any]] = []
+        for row in (await conn.execute(query)).all():
+            counts["calls"] += 1
+            if row.price_id == PROVIDER_PRICE_ID:
+                counts["provider"] += 1
+                continue
+            tokens = Tokens(
+                row.prompt_tokens,
+                row.completion_tokens,
+                row.total_tokens,
+                row.cache_read_tokens,
+                row.cache_write_tokens,
+                row.reasoning_tokens,
+            )
+            cost, price_id = priced_cost(book, row.provider, row.model, row.created_at, tokens)
+            if cost is None:
+                counts["unpriced"] += 1
+                name = row.model or "(no model)"
+                unpriced_models[name] = unpriced_models.get(name, 0) + 1
+            old = None if row.cost_usd is None else Decimal(row.cost_usd)
+            if (cost, price_id) != (old, row.price_id):
+                counts["changed"] += 1
+                if old is None and cost is not None:
+                    counts["now_priced"] += 1
+                updates.append(
+                    {
+                        "row_id": row.id,
+                        "new_cost": None if cost is None or db.dialect != "sqlite" else str(cost),
+                        "new_price": price_id,
+                    }
+                )
+                if db.dialect != "sqlite":
+                    updates[-1]["new_cost"] = cost
+        for i in range(0, len(updates), _UPDATES_PER_STATEMENT):
+            await conn.execute(statement, updates[i : i + _UPDATES_PER_STATEMENT])
+
+    rebuilt = await rebuild(db, since=start, until=end, model=model, before_chunk=reprice_chunk)
+    return RepriceResult(
+        since=rebuilt.since or start,
+        until=rebuilt.until or end,
+        model=model,
+        calls=counts["calls"],
+        changed=counts["changed"],
+        now_priced=counts["now_priced"],
+        unpriced=counts["unpriced"],
+        provider_cost=counts["provider"],
+        rollup_rows=rebuilt.rows,
+        unpriced_models=dict(sorted(unpriced_models.items(), key=lambda kv: (-kv[1], kv[0]))),
+    )
