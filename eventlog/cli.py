@@ -1,5 +1,5 @@
 """The ``eventlog`` command: ``demo``, ``migrate``, ``serve``, ``stats``, ``runs``,
-``run``, ``tail``, ``prune``, ``dead-letters``, ``bench``, ``--version``.
+``run``, ``tail``, ``prune``, ``dead-letters``, ``prices``, ``bench``, ``--version``.
 
 Exit status: 0 done; 1 the database failed (or refused entries); 2 bad usage (arguments,
 database URL, migration revision); 130 interrupted with Ctrl-C. The expected failures
@@ -16,10 +16,12 @@ import logging
 import os
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -48,6 +50,7 @@ from eventlog.demo import run_demo
 from eventlog.exceptions import DatabaseError, EventLogError, MigrationError
 from eventlog.maintenance import PruneResult, parse_age, prune
 from eventlog.migrate import alembic_config, downgrade, upgrade
+from eventlog.prices import Price, list_prices, price_csv_rows, read_price_file, store_prices
 from eventlog.tail import follow
 from eventlog.types import json_dumps
 
@@ -294,6 +297,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_maintenance_commands(commands, database)
     _add_analytics_commands(commands, database)
+    _add_prices_commands(commands, database)
     return parser
 
 
@@ -639,7 +643,8 @@ def _add_maintenance_commands(commands: Any, database: argparse.ArgumentParser) 
         help="print new events as they are written, until Ctrl-C",
         description="Print chronicle_events rows as they are committed, one line each "
         "(time UTC, type, model, prompt+completion tokens, latency, user, run), or as "
-        "JSON lines. Polls the database every 0.5 s, on PostgreSQL too. Ctrl-C ends it "
+        "JSON lines. On PostgreSQL it wakes on the writer's notifications (LISTEN/NOTIFY) "
+        "and reads every 5 s besides; SQLite is polled every 0.5 s. Ctrl-C ends it "
         "with status 0.",
     )
     tail.add_argument("--type", metavar="T", help="only events of type T (event_type)")
@@ -653,6 +658,41 @@ def _add_maintenance_commands(commands: Any, database: argparse.ArgumentParser) 
     tail.add_argument("--json", action="store_true", help="print each event as a JSON object")
     tail.add_argument("--limit", type=_positive_int, metavar="N", help="exit after N events")
     tail.set_defaults(handler=_tail)
+
+    rollup_ = commands.add_parser(
+        "rollup",
+        parents=[database],
+        help="rebuild the hourly rollup from the raw rows",
+        description="eventlog_rollup_hourly sums LLM calls per hour and dimension; the "
+        "writer keeps it up to date. --rebuild recomputes it from chronicle_events (after "
+        "rows were imported or changed by other means), a day per transaction, holding "
+        "the writer's increments back while each day is rebuilt.",
+    )
+    rollup_.add_argument(
+        "--rebuild", action="store_true", required=True, help="recompute the rollup"
+    )
+    rollup_.add_argument(
+        "--since", type=_age, metavar="AGE", help="from AGE ago or an ISO time (default: all)"
+    )
+    rollup_.add_argument("--until", type=_age, metavar="AGE", help="up to AGE ago or an ISO time")
+    rollup_.add_argument("--model", metavar="M", help="only the rows of model M")
+    rollup_.set_defaults(handler=_rollup)
+
+    reprice_ = commands.add_parser(
+        "reprice",
+        parents=[database],
+        help="compute the cost of stored calls again with the current prices",
+        description="After a price fix (eventlog prices load) or a new bundled price: "
+        "recompute cost_usd and price_id of the LLM calls since DATE from their token "
+        "columns, and rebuild the rollup of those hours. Costs reported by the provider "
+        "are kept.",
+    )
+    reprice_.add_argument(
+        "--since", type=_age, metavar="DATE", required=True, help="an ISO date/time or an AGE (30d)"
+    )
+    reprice_.add_argument("--until", type=_age, metavar="DATE", help="up to DATE (default: now)")
+    reprice_.add_argument("--model", metavar="M", help="only calls to model M")
+    reprice_.set_defaults(handler=_reprice)
 
 
 _PRUNE_OPTIONS = {
@@ -683,6 +723,66 @@ async def _prune(args: argparse.Namespace, url: str) -> int:
         await db.close()
     for line in _prune_report(result, db.url):
         print(line)
+    return 0
+
+
+def _when(value: timedelta | datetime | None) -> datetime | None:
+    """An ``_age`` argument as a UTC time."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.now(UTC) - value
+
+
+async def _rollup(args: argparse.Namespace, url: str) -> int:
+    from eventlog.rollup import rebuild
+
+    db = await open_database(url)
+    try:
+        started = time.monotonic()
+        result = await rebuild(
+            db, since=_when(args.since), until=_when(args.until), model=args.model
+        )
+    finally:
+        await db.close()
+    if result.since is None or result.until is None:
+        print(f"{db.url}: no LLM calls and no rollup rows: nothing to rebuild")
+        return 0
+    print(
+        f"{db.url}: rebuilt the rollup of {result.since:%Y-%m-%d %H:00} to "
+        f"{result.until:%Y-%m-%d %H:00} UTC"
+        + (f" for model {args.model}" if args.model else "")
+        + f": {result.rows:,} rows from {result.calls:,} LLM calls "
+        f"in {time.monotonic() - started:.2f} s"
+    )
+    return 0
+
+
+async def _reprice(args: argparse.Namespace, url: str) -> int:
+    from eventlog.reprice import reprice
+
+    db = await open_database(url)
+    try:
+        try:
+            result = await reprice(
+                db, since=_when(args.since), until=_when(args.until), model=args.model
+            )
+        except ValueError as err:
+            raise _UsageError(
+                str(err).replace("since", "--since").replace("until", "--until")
+            ) from err
+    finally:
+        await db.close()
+    print(
+        f"{db.url}: repriced {result.since:%Y-%m-%d %H:00} to {result.until:%Y-%m-%d %H:00} UTC"
+        + (f" (model {result.model})" if result.model else "")
+    )
+    print(f"  {result.calls:,} LLM calls looked at")
+    print(f"  {result.changed:,} with a new cost ({result.now_priced:,} priced for the first time)")
+    print(f"  {result.provider_cost:,} kept the cost their provider reported")
+    if result.unpriced:
+        models = ", ".join(f"{m} ({n:,})" for m, n in list(result.unpriced_models.items())[:5])
+        print(f"  {result.unpriced:,} still unpriced: {models}")
+    print(f"  {result.rollup_rows:,} rollup rows rebuilt")
     return 0
 
 
@@ -993,6 +1093,7 @@ def _print_stats(
     headers += ["calls", "errors"]
     headers += ["rate-ltd", "retried"] if wide else []
     headers += ["tokens in", "tokens out"] if wide else ["tok in", "tok out"]
+    headers += ["cost $"]
     headers += ["users", "tok/s"] if wide else []
     headers += ["p50 ms", "p95 ms", "p99 ms"] if wide else ["p50", "p95"]
     if not wide and not short:
@@ -1007,6 +1108,7 @@ def _print_stats(
         if wide:
             cells += [_percent(use.rate_limited_rate), _percent(use.retry_rate)]
         cells += [f"{use.prompt_tokens:,}", f"{use.completion_tokens:,}"]
+        cells.append(_cost(use))
         if wide:
             cells += [f"{use.users:,}", "-" if tps is None else f"{tps:,.1f}"]
         cells += [_ms(lat.request.p50), _ms(lat.request.p95)]
@@ -1025,13 +1127,44 @@ def _print_stats(
         table.add_row(*row)
     console.print(table)
     total = sum(use.requests for use in usage)
+    cost = sum((use.cost_usd for use in usage), Decimal(0))
+    unpriced = sum(use.unpriced_requests for use in usage)
     console.print(
         f"{total:,} LLM calls from {since.astimezone(shown):%Y-%m-%d %H:%M} to "
-        f"{until.astimezone(shown):%Y-%m-%d %H:%M} ({'UTC' if zone is None else zone.key}); "
-        "latency in ms; p95 needs 20 calls and p99 100, '-' below",
+        f"{until.astimezone(shown):%Y-%m-%d %H:%M} ({'UTC' if zone is None else zone.key}), "
+        f"${_money(cost)}; latency in ms; p95 needs 20 calls and p99 100, '-' below",
         highlight=False,
         soft_wrap=True,
     )
+    if unpriced:
+        tokens = sum(use.unpriced_tokens for use in usage)
+        console.print(
+            f"unpriced: {unpriced:,} calls and {tokens:,} tokens have no price and are not "
+            "in the cost (load prices with `eventlog prices load`, then `eventlog reprice`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if any(lat.request.approximate for lat in latency):
+        console.print(
+            "percentiles from the hourly rollup: each is within 19 % (one histogram bin) "
+            "of the exact value",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _money(value: Decimal) -> str:
+    """Dollars with cents, or with up to six decimals below a cent."""
+    if value == 0 or value >= Decimal("0.01"):
+        return f"{value:,.2f}"
+    return f"{value:.6f}".rstrip("0")
+
+
+def _cost(use: analytics.UsageRow) -> str:
+    """The cost of a row; ``*`` marks a row with unpriced calls (never shown as $0)."""
+    if not use.priced_requests:
+        return "?" if use.unpriced_requests else "-"
+    return _money(use.cost_usd) + ("*" if use.unpriced_requests else "")
 
 
 def _run_record(run: analytics.RunRow) -> dict[str, Any]:
@@ -1174,3 +1307,120 @@ async def _run(args: argparse.Namespace, url: str) -> int:
     if detail.steps:
         console.print(table)
     return 0
+
+
+# -- eventlog prices ----------------------------------------------------------------------
+
+
+def _add_prices_commands(commands: Any, database: argparse.ArgumentParser) -> None:
+    """``prices load`` and ``prices list``: the user's prices of :mod:`eventlog.prices`."""
+    prices = commands.add_parser(
+        "prices",
+        help="load your own model prices, or list the prices in use",
+        description="The USD prices that cost LLM calls: those bundled with eventlog, and "
+        "yours in the eventlog_prices table, which come first.",
+    )
+    actions = prices.add_subparsers(dest="action", metavar="ACTION", required=True)
+    load = actions.add_parser(
+        "load",
+        parents=[database],
+        help="store the prices of a .json or .csv file, replacing those of the same id",
+        description="Read the prices of FILE (.json or .csv; the formats are described in "
+        "the README) and store them in eventlog_prices in one transaction, replacing "
+        "stored prices of the same id. Nothing is stored if one is bad.",
+    )
+    load.add_argument("file", type=Path, metavar="FILE", help="a .json or .csv price file")
+    load.set_defaults(handler=_prices_load)
+    list_ = actions.add_parser(
+        "list",
+        parents=[database],
+        help="list your prices, then the bundled ones",
+        description="List your prices (from eventlog_prices), then the bundled ones: the "
+        "first one that fits a call is used. --format csv or json prints them in the form "
+        "that `eventlog prices load` reads.",
+    )
+    list_.add_argument("--model", metavar="M", help="only the prices that could apply to M")
+    list_.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table", help="(default: table)"
+    )
+    list_.set_defaults(handler=_prices_list)
+
+
+async def _prices_load(args: argparse.Namespace, url: str) -> int:
+    prices = await asyncio.to_thread(read_price_file, args.file)
+    db = await open_database(url)
+    try:
+        stored = await store_prices(db, prices)
+    finally:
+        await db.close()
+    print(f"loaded {_count(stored, 'price')} from {args.file} into {db.url}")
+    return 0
+
+
+async def _prices_list(args: argparse.Namespace, url: str) -> int:
+    if args.model is not None and not args.model.strip():
+        raise _UsageError("--model must be a model name, got ''")
+    db = await open_database(url)
+    try:
+        prices = await list_prices(db, model=args.model)
+    finally:
+        await db.close()
+    if args.format == "json":
+        records = [price.to_json() for price in prices]
+        sys.stdout.write(orjson.dumps(records, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif args.format == "csv":
+        rows = price_csv_rows(prices)
+        header = [*rows[0]] if rows else ["id"]
+        writer = csv.DictWriter(sys.stdout, fieldnames=header, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        console = Console()
+        if prices:
+            console.print(_price_table(prices))
+        users = sum(price.source == "user" for price in prices)
+        console.print(
+            f"{_count(users, 'price')} of yours, {len(prices) - users} bundled; USD per "
+            "million tokens (request: per call); '-' is priced as input (cache) or output "
+            "(reasoning)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return 0
+
+
+def _price_table(prices: Sequence[Price]) -> Table:
+    """Two lines a price, as the dead letters: id over provider and model, so that all
+    twelve fields fit a 100-column terminal (--format csv or json has them as columns)."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, leading=1, collapse_padding=True)
+    table.add_column("id\nprovider: model or pattern", overflow="fold")
+    table.add_column("valid from\nsource", no_wrap=True)
+    table.add_column("input\noutput", justify="right", no_wrap=True)
+    table.add_column("cache read\ncache write", justify="right", no_wrap=True)
+    table.add_column("reasoning\nrequest", justify="right", no_wrap=True)
+    table.add_column("tiers\nin/out", overflow="fold")
+
+    def two(first: object, second: object) -> str:
+        return "\n".join("-" if value is None else str(value) for value in (first, second))
+
+    def tokens(count: int) -> str:
+        return f"{count // 1000:,}k" if count % 1000 == 0 else f"{count:,}"
+
+    for price in prices:
+        record = price.to_json()
+        name = price.model or str(price.pattern)
+        if price.model is None and not any(char in name for char in "*?["):
+            name += " (pattern)"
+        tiers = "\n".join(
+            f"> {tokens(tier.above_input_tokens)}\n{tier.input}/{tier.output}"
+            for tier in price.tiers
+        )
+        table.add_row(
+            escape(f"{price.id}\n{price.provider or 'any provider'}: {name}"),
+            two(price.valid_from.isoformat(), price.source),
+            two(record["input"], record["output"]),
+            two(record["cache_read"], record["cache_write"]),
+            two(record["reasoning"], None if price.request == 0 else record["request"]),
+            tiers or "-",
+        )
+    return table
