@@ -87,8 +87,8 @@ class _Model:
 _MODELS = (
     _Model("openai", "gpt-4o", 0.20, 0.45, 85.0),
     _Model("openai", "gpt-4o-mini", 0.30, 0.30, 130.0),
-    _Model("anthropic", "claude-sonnet-4", 0.18, 0.80, 75.0),
-    _Model("anthropic", "claude-haiku", 0.12, 0.45, 140.0),
+    _Model("anthropic", "claude-sonnet-4-20250514", 0.18, 0.80, 75.0),
+    _Model("anthropic", "claude-3-5-haiku-20241022", 0.12, 0.45, 140.0),
     _Model("google", "gemini-2.0-flash", 0.13, 0.35, 210.0),
     _Model("mistral", "mistral-large", 0.07, 0.60, 55.0),
 )

@@ -103,6 +103,7 @@ async def reprice(
             events.reasoning_tokens,
             events.cost_usd,
             events.price_id,
+            events.error.is_not(None).label("failed"),
         ).where(
             events.event_type == LLM_CALL,
             events.created_at >= chunk_start,
@@ -124,7 +125,9 @@ async def reprice(
                 row.cache_write_tokens,
                 row.reasoning_tokens,
             )
-            cost, price_id = priced_cost(book, row.provider, row.model, row.created_at, tokens)
+            cost, price_id = priced_cost(
+                book, row.provider, row.model, row.created_at, tokens, failed=bool(row.failed)
+            )
             if cost is None:
                 counts["unpriced"] += 1
                 name = row.model or "(no model)"

@@ -136,7 +136,9 @@ def event_values(event: ProxyLogEvent, prices: PriceBook | None = None) -> tuple
     if cost is not None:
         price_id: str | None = PROVIDER_PRICE_ID
     elif prices is not None:
-        cost, price_id = priced_cost(prices, event.provider, model, event.timestamp, tokens)
+        cost, price_id = priced_cost(
+            prices, event.provider, model, event.timestamp, tokens, failed=event.error is not None
+        )
     else:
         price_id = None
     kind = error_type(event.error)

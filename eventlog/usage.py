@@ -24,8 +24,9 @@ Shapes understood, from the response's ``usage`` (or Gemini's ``usageMetadata``)
 The cost comes, in this order, from a cost the provider reported (``usage.cost``, as
 OpenRouter sends; ``response_meta`` ``cost``, ``cost_usd`` or ``response_cost``, as
 LiteLLM's), then the user's prices, then the bundled ones (see :mod:`eventlog.prices`).
-A call without a price, or without token counts to price, has no cost (NULL): reports
-show it as *unpriced*, never as $0.
+A call without a price, or an answer without token counts to price, has no cost (NULL):
+reports show it as *unpriced*, never as $0. A failed call without token counts costs its
+per-request price (usually $0: providers do not bill tokens they did not process).
 """
 
 from __future__ import annotations
@@ -192,10 +193,14 @@ def priced_cost(
     model: str | None,
     at: datetime,
     tokens: Tokens,
+    *,
+    failed: bool = False,
 ) -> tuple[Decimal | None, str | None]:
     """(cost, price id) from the price book, or (None, None) when the call cannot be
-    priced: no price for the model, or no token counts."""
-    if model is None or (tokens.prompt is None and tokens.completion is None):
+    priced: no price for the model, or an answer without token counts. A failed call
+    without token counts costs its per-request price (providers do not bill tokens
+    they did not process)."""
+    if model is None or (tokens.prompt is None and tokens.completion is None and not failed):
         return None, None
     price = prices.find(provider, model, at)
     if price is None:
