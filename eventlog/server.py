@@ -9,6 +9,7 @@ under ``/v1/``::
     GET  /healthz  database reachable, logger running, its stats (no token needed)
     GET  /metrics  Prometheus text
     GET  /openapi.json
+    GET  /               the dashboard (HTML; see :mod:`eventlog.page`), and /runs/{run_id}
 
 A POST answers ``202 {"ids": [...]}`` once its events are queued, one id per event in
 request order; with ``?wait=true``, ``201`` once they are committed, or ``503`` if they
@@ -52,7 +53,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from eventlog import __version__
+from eventlog import __version__, page
 from eventlog._checks import positive_int, seconds
 from eventlog.channel import LogSender
 from eventlog.database import Database, ProxyDatabase, normalize_url, open_database
@@ -121,7 +122,8 @@ def create_app(
 
     Give the database as ``url`` (opened at startup, with ``migrate=True`` brought up to
     date, closed at shutdown) or as an open ``db`` that stays yours to close. ``token``:
-    the bearer token every route but ``GET /healthz`` requires (None: no auth).
+    the bearer token every route but ``GET /healthz`` requires (None: no auth); the
+    dashboard's pages also take it once as ``?token=`` and then a session cookie.
     ``max_body_bytes`` caps a request body (413 past it). ``wait_timeout`` bounds a
     ``?wait=true`` request's wait for its commit. ``max_queue`` bounds the entries
     accepted and not yet written: a request that would pass it gets 503 (and the
@@ -208,6 +210,8 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
+    # The dashboard reads the database the collector writes to, once it is open.
+    routes += page.page_routes(lambda: collector._db)
     app = Starlette(
         routes=routes,
         middleware=[Middleware(_Guard, collector=collector, token=token)],
@@ -645,13 +649,21 @@ class _Guard:
 
         try:
             open_route = path == "/healthz" and scope["method"] in ("GET", "HEAD")
-            if self._token is not None and not open_route and not self._authorized(scope):
-                response = _error(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send_and_note)
-                return
+            if self._token is not None and not open_route:
+                refusal: Response | None = None
+                if page.is_page(scope, path):
+                    # The dashboard also takes ?token= once, then its session cookie.
+                    refusal = page.sign_in(scope, self._token, header_ok=self._authorized(scope))
+                elif not self._authorized(scope):
+                    refusal = _error(
+                        401, "a bearer token is required", {"WWW-Authenticate": "Bearer"}
+                    )
+                if refusal is not None:
+                    await refusal(scope, receive, send_and_note)
+                    return
             await self._app(scope, receive, send_and_note)
         finally:
-            route = path if path in _ROUTES else "unmatched"
+            route = path if path in _ROUTES else page.metrics_route(path) or "unmatched"
             self._metrics.observe(route, status, time.perf_counter() - started)
 
     def _authorized(self, scope: Scope) -> bool:
