@@ -384,6 +384,12 @@ async def _demo(args: argparse.Namespace, url: str) -> int:
         format="table",
     )  # fmt: skip
     await _stats(stats_args, url)
+    console.print(
+        f"\nSee it on the dashboard: eventlog serve --url {url}\n"
+        f"then open http://127.0.0.1:9782/?since=1h&where={where}",
+        highlight=False,
+        soft_wrap=True,
+    )
     return 1 if summary.failed else 0
 
 
