@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final, Literal
 
+from eventlog import context as _context
 from eventlog._checks import timeout as check_timeout
 from eventlog._log import in_own_logging, logger
 from eventlog.events import ENTRY_TYPES, ProxyLogEntry
@@ -169,6 +170,8 @@ class LogSender:
             count = len(message)
             if count == 0:
                 return
+        if _context.used:  # eventlog.run/step: fill run_id/step_id the entries leave unset
+            _context.fill_entries(entry if message is None else message)
         if in_own_logging():
             self._drop("recursion", count)
             return

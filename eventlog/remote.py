@@ -62,6 +62,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from eventlog import context as _context
 from eventlog._checks import positive_int as _count
 from eventlog._checks import seconds as _seconds
 from eventlog._log import in_own_logging, logger, mark_own_logging_thread
@@ -1037,6 +1038,8 @@ class HttpLogSender(_Client):
         payloads = (entry,) if type(entry) in ENTRY_TYPES else _as_message(entry)
         if not payloads:
             return
+        if _context.used:  # eventlog.run/step: fill run_id/step_id the entries leave unset
+            _context.fill_entries(payloads)
         if in_own_logging():
             self._drop("recursion", len(payloads))
             return
@@ -1047,6 +1050,8 @@ class HttpLogSender(_Client):
         payloads = (entry,) if type(entry) in ENTRY_TYPES else _as_message(entry)
         if not payloads:
             return
+        if _context.used:  # eventlog.run/step: fill run_id/step_id the entries leave unset
+            _context.fill_entries(payloads)
         if in_own_logging():
             self._drop("recursion", len(payloads))
             return

@@ -56,6 +56,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from eventlog import __version__, page
 from eventlog._checks import positive_int, seconds
 from eventlog.channel import LogSender
+from eventlog.context import leave_scope
 from eventlog.database import Database, ProxyDatabase, normalize_url, open_database
 from eventlog.events import ProxyLogEntry
 from eventlog.ingest import (
@@ -579,6 +580,7 @@ def _ingest_endpoint(
     kind: str, collector: _Collector, max_body_bytes: int
 ) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        leave_scope()  # posted events keep their own run ids, never this process's
         try:
             _check_media_type(request.headers)
             body = await _read_body(request, max_body_bytes)

@@ -141,7 +141,8 @@ async def test_llm_call_fills_every_column(db: Database) -> None:
         "status": "rate_limited",  # failed, after a rate limit
         "error_type": None,
     }
-    assert row["price_id"] is not None and "gpt-4o" in row["price_id"]
+    assert row["price_id"] is not None
+    assert "gpt-4o" in row["price_id"]
 
 
 async def test_absent_values_are_sql_null_not_json_null(db: Database) -> None:
