@@ -43,6 +43,13 @@ from eventlog.exceptions import (
     InvalidEventError,
     MigrationError,
 )
+from eventlog.instrument import run, set_default_sender, step, track_llm_call
+from eventlog.logs import (
+    EventLogHandler,
+    configure_logging,
+    get_logging_stats,
+    set_logging_level,
+)
 from eventlog.parse import parse_event
 from eventlog.remote import HttpLogSender
 from eventlog.stats import LoggerStats
@@ -54,6 +61,7 @@ __all__ = [
     "DatabaseError",
     "DeadLetter",
     "EventLogError",
+    "EventLogHandler",
     "EventPayload",
     "HttpLogSender",
     "InternalMetadata",
@@ -76,13 +84,20 @@ __all__ = [
     "StoredDeadLetter",
     "WorkflowEvent",
     "__version__",
+    "configure_logging",
     "connect",
+    "get_logging_stats",
     "list_dead_letters",
     "open_database",
     "parse_event",
     "retry_dead_letters",
+    "run",
+    "set_default_sender",
+    "set_logging_level",
     "start_background_logger",
     "start_database_logger",
+    "step",
+    "track_llm_call",
 ]
 
 __version__ = "0.1.0"

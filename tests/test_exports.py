@@ -32,6 +32,16 @@ CONTRACT = {
     # the collector's clients (issue 5)
     "connect",
     "HttpLogSender",
+    # runs, steps and LLM calls from application code
+    "run",
+    "step",
+    "track_llm_call",
+    "set_default_sender",
+    # application logs (seed 004)
+    "EventLogHandler",
+    "configure_logging",
+    "get_logging_stats",
+    "set_logging_level",
 }
 EXTRAS = {
     "LogClient",
