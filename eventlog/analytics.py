@@ -430,11 +430,12 @@ def _epoch_us(db: Database, column: ColumnElement[Any]) -> ColumnElement[int]:
     """Microseconds since 1970 UTC, exactly, as an integer on both backends.
 
     SQLite stores ``YYYY-MM-DD HH:MM:SS.ffffff``: whole seconds from ``strftime('%s')``
+    of the text without its fraction (``%s`` rounds ``59.9995`` up to the next second)
     and the six fraction digits from the text; PostgreSQL's ``extract`` is exact numeric.
     """
     if db.dialect == "postgresql":
         return cast(func.extract("epoch", column) * 1_000_000, BigInteger)
-    seconds = cast(func.strftime("%s", column), Integer)
+    seconds = cast(func.strftime("%s", func.substr(column, 1, 19)), Integer)
     return seconds * 1_000_000 + cast(func.substr(column, 21, 6), Integer)
 
 
@@ -1115,13 +1116,20 @@ async def _approximate_latency(
         "ttft_sum_ms",
         *_BINS,
     )
-    rolled = q.rolled(db, {name: rollup.c[name] for name in sums}, first, last).subquery("r")
+    wanted = {name: rollup.c[name] for name in (*sums, "latency_max_ms")}
+    rolled = q.rolled(db, wanted, first, last).subquery("r")
     group = [rolled.c[k] for k in q.keys]
-    statement = select(*group, *(func.sum(rolled.c[n]).label(n) for n in sums)).group_by(*group)
+    statement = select(
+        *group,
+        *(func.sum(rolled.c[n]).label(n) for n in sums),
+        func.max(rolled.c.latency_max_ms).label("latency_max_ms"),
+    ).group_by(*group)
     found = await _fetch(db, statement, "reading latency")
     totals: dict[tuple[Any, ...], list[int]] = {}
     for row in found:
-        totals[tuple(row[k] for k in q.keys)] = [int(row[n] or 0) for n in sums]
+        totals[tuple(row[k] for k in q.keys)] = [
+            int(row[n] or 0) for n in (*sums, "latency_max_ms")
+        ]
     edges = [(q.since, first), (last, q.until)]
     for start, end in edges:
         if start >= end:
@@ -1138,7 +1146,7 @@ async def _approximate_latency(
         )
         for row in await _fetch(db, raw, "reading latency"):
             key = tuple(row[k] for k in q.keys)
-            into = totals.setdefault(key, [0] * len(sums))
+            into = totals.setdefault(key, [0] * (len(sums) + 1))
             for i, name in ((0, "req"), (2, "tot"), (4, "ttft")):
                 value = row[name]
                 if value is not None:
@@ -1146,16 +1154,17 @@ async def _approximate_latency(
                     into[i + 1] += value
                     if name == "req":
                         into[6 + latency_bin(value)] += 1
+                        into[-1] = max(into[-1], value)
     rows = [{**dict(zip(q.keys, key, strict=True)), "sums": value} for key, value in totals.items()]
     result = []
     for start, end, names, summed in q.rows(rows):
-        values = summed["sums"] if summed else [0] * len(sums)
+        values = summed["sums"] if summed else [0] * (len(sums) + 1)
         result.append(
             LatencyRow(
                 start=start,
                 end=end,
                 group=names,
-                request=_histogram_stats(values[0], values[1], values[6:]),
+                request=_histogram_stats(values[0], values[1], values[6:-1], values[-1]),
                 total=_average_only(values[2], values[3]),
                 ttft=_average_only(values[4], values[5]),
             )
@@ -1167,7 +1176,7 @@ def _average_only(count: int, total: int) -> LatencyStats:
     return LatencyStats(count, total / count if count else None, None, None, None, None, None)
 
 
-def _histogram_stats(count: int, total: int, bins: Sequence[int]) -> LatencyStats:
+def _histogram_stats(count: int, total: int, bins: Sequence[int], maximum: int) -> LatencyStats:
     def pick(p: float) -> int | None:
         if count == 0 or count < MIN_SAMPLES.get(p, 0):
             return None
@@ -1176,12 +1185,13 @@ def _histogram_stats(count: int, total: int, bins: Sequence[int]) -> LatencyStat
         for i, n in enumerate(bins):
             seen += n
             if seen >= rank:
-                # The top of bin i: bin 0 is under 1 ms; the last bin has no top.
+                # The top of bin i (bin 0 is under 1 ms), never above the slowest call;
+                # the last bin's top is the slowest call.
                 if i == 0:
                     return 0
                 if i < len(LATENCY_BIN_EDGES):
-                    return LATENCY_BIN_EDGES[i] - 1
-                return LATENCY_BIN_EDGES[-1]
+                    return min(LATENCY_BIN_EDGES[i] - 1, maximum)
+                return maximum
         return None
 
     return LatencyStats(
@@ -1545,7 +1555,8 @@ def iso_utc(value: datetime) -> str:
 
 
 def _decimal_text(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
+    # Fixed-point always: str() writes a cost under a micro-dollar as "5E-9" or "0E-9".
+    return None if value is None else format(value, "f")
 
 
 def _latency_json(stats: LatencyStats) -> dict[str, Any]:
@@ -1588,7 +1599,7 @@ def stats_records(
                 "cache_write_tokens": use.cache_write_tokens,
                 "reasoning_tokens": use.reasoning_tokens,
                 # Exact decimal text: a float would lose cents over many calls.
-                "cost_usd": str(use.cost_usd),
+                "cost_usd": format(use.cost_usd, "f"),
                 "cost_per_1k_requests": _decimal_text(use.cost_per_1k_requests),
                 "priced_requests": use.priced_requests,
                 "unpriced_requests": use.unpriced_requests,

@@ -43,7 +43,10 @@ async def write_batch(
     rows are locked in key order for the same reason.
     """
     if events:
-        events.sort(key=itemgetter(0))
+        try:
+            events.sort(key=itemgetter(0))
+        except TypeError:  # an id given as text among UUIDs: the same order as text
+            events.sort(key=lambda row: str(row[0]))
         try:
             async with conn.transaction():
                 await conn.copy_records_to_table(

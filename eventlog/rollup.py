@@ -64,9 +64,11 @@ LLM_CALL: Final = "chronicle_llm_request"
 SUM_COLUMNS: Final[tuple[str, ...]] = tuple(
     c.name for c in eventlog_rollup_hourly.columns if c.name != "hour" and c.name not in ROLLUP_KEYS
 )
-"""The rollup's summed columns, in table order: the order of :func:`aggregate`'s sums."""
+"""The rollup's value columns, in table order: the order of :func:`aggregate`'s values.
+All are sums but the last, ``latency_max_ms``, a maximum."""
 
 _FIRST_BIN: Final = SUM_COLUMNS.index("lat_00")
+_MAX: Final = SUM_COLUMNS.index("latency_max_ms")
 _S: Final = {name: i for i, name in enumerate(SUM_COLUMNS)}
 _NANOS: Final = Decimal(1_000_000_000)
 
@@ -174,6 +176,8 @@ def aggregate(calls: Iterable[Call]) -> list[tuple[datetime, tuple[str, ...], li
             sums[_S["latency_count"]] += 1
             sums[_S["latency_sum_ms"]] += request_ms
             sums[_FIRST_BIN + latency_bin(request_ms)] += 1
+            if request_ms > sums[_MAX]:
+                sums[_MAX] = request_ms
             if completion is not None and request_ms > 0:
                 sums[_S["tps_tokens"]] += completion
                 sums[_S["tps_ms"]] += request_ms
@@ -193,7 +197,8 @@ def _tokens(prompt: int | None, completion: int | None, total: int | None) -> in
 
 
 def upsert_statement(dialect: str) -> Insert:
-    """``INSERT ... ON CONFLICT (hour, keys) DO UPDATE SET s = s + excluded.s``."""
+    """``INSERT ... ON CONFLICT (hour, keys) DO UPDATE SET s = s + excluded.s`` (and the
+    greater of the two maxima)."""
     if dialect == "postgresql":
         ins: Any = postgresql.insert(eventlog_rollup_hourly)
     elif dialect == "sqlite":
@@ -201,9 +206,11 @@ def upsert_statement(dialect: str) -> Insert:
     else:
         raise ValueError(f"unsupported dialect {dialect!r}")
     table = eventlog_rollup_hourly.c
+    greatest: Any = func.greatest if dialect == "postgresql" else func.max  # SQLite's max(a, b)
+    values = {name: table[name] + ins.excluded[name] for name in SUM_COLUMNS}
+    values["latency_max_ms"] = greatest(table.latency_max_ms, ins.excluded.latency_max_ms)
     statement: Insert = ins.on_conflict_do_update(
-        index_elements=["hour", *ROLLUP_KEYS],
-        set_={name: table[name] + ins.excluded[name] for name in SUM_COLUMNS},
+        index_elements=["hour", *ROLLUP_KEYS], set_=values
     )
     return statement
 
@@ -232,7 +239,9 @@ async def rebuild(
 ) -> RebuildResult:
     """Recompute the rollup of the hours in ``[since, until)`` (every hour with calls or
     rollup rows when not given; times are rounded out to whole hours) from the raw rows;
-    only ``model``'s rows when given.
+    only ``model``'s rows when given. Hours older than the oldest stored call are kept
+    when the rollup has history from before it: ``prune`` deleted their raw rows, and the
+    rollup is their long-term record.
 
     Works a day at a time, each day in one transaction that first locks the rollup
     against the writer's increments. ``before_chunk(conn, start, end)`` runs first in
@@ -269,32 +278,39 @@ async def rebuild(
 async def _span(
     db: Database, since: datetime | None, until: datetime | None
 ) -> tuple[datetime | None, datetime | None]:
+    """The whole hours to rebuild: ``[since, until)`` rounded out, or every hour with
+    calls or rollup rows; never the hours older than the oldest stored call when the
+    rollup has history from before it (pruned raw rows: the rollup is their only record,
+    and the hour the prune cut through is left as the writer kept it)."""
     events, rollup = chronicle_events.c, eventlog_rollup_hourly.c
-    if since is None or until is None:
-        async with db.engine.connect() as conn:
-            found = (
-                await conn.execute(
-                    select(func.min(events.created_at), func.max(events.created_at)).where(
-                        events.event_type == LLM_CALL
-                    )
+    async with db.engine.connect() as conn:
+        found = (
+            await conn.execute(
+                select(func.min(events.created_at), func.max(events.created_at)).where(
+                    events.event_type == LLM_CALL
                 )
-            ).one()
-            kept = (await conn.execute(select(func.min(rollup.hour), func.max(rollup.hour)))).one()
-        lows = [v for v in (found[0], kept[0]) if v is not None]
-        highs = [v for v in (found[1], kept[1]) if v is not None]
-        if since is None:
-            if not lows:
-                return None, None
-            since = min(lows)
-        if until is None:
-            if not highs:
-                return None, None
-            until = max(highs) + timedelta(hours=1)
-    start = hour_of(since)
+            )
+        ).one()
+        kept = (await conn.execute(select(func.min(rollup.hour), func.max(rollup.hour)))).one()
+    oldest_call, newest_call = found
+    oldest_kept, newest_kept = kept
+    if oldest_call is None:
+        return None, None  # no raw calls: nothing to rebuild from, history kept as it is
+    floor = hour_of(oldest_call)
+    if oldest_kept is not None and hour_of(oldest_kept) < floor:
+        floor += timedelta(hours=1)  # pruned before: the first hour may be partial
+    if since is None:
+        since = floor
+    if until is None:
+        newest = max(v for v in (newest_call, newest_kept) if v is not None)
+        until = hour_of(newest) + timedelta(hours=1)  # the end of the last hour
+    start = max(hour_of(since), floor)
     until = until.astimezone(UTC) if until.tzinfo else until.replace(tzinfo=UTC)
     end = hour_of(until)
     if end < until:
         end += timedelta(hours=1)
+    if start >= end:
+        return None, None
     return start, end
 
 
@@ -308,7 +324,14 @@ async def _rebuild_chunk(
     if model is not None:
         condition = and_(condition, rollup.model == model)
     await conn.execute(delete(eventlog_rollup_hourly).where(condition))
-    wanted = [events.id, events.created_at, *(events[name] for name in _ROW_FIELDS)]
+    # Whether the call failed as SQL sees it (error IS NOT NULL), as the writer, the
+    # 0004 backfill and the raw reports count it: a JSON null imported by other means
+    # is an error there too. (And error bodies are not read and decoded for nothing.)
+    wanted = [
+        events.id,
+        events.created_at,
+        *(events.error.is_not(None) if name == "error" else events[name] for name in _ROW_FIELDS),
+    ]
     query = select(*wanted, events.cost_usd).where(
         events.event_type == LLM_CALL,
         events.created_at >= start,
@@ -321,7 +344,7 @@ async def _rebuild_chunk(
     n_keys = len(ROLLUP_KEYS)
     async for row in result:
         fields = list(row[2:-1])
-        fields[n_keys] = fields[n_keys] is not None
+        fields[n_keys] = bool(fields[n_keys])
         calls.append((row[0], hour_of(row[1]), *fields, row[-1]))
     grouped = aggregate(calls)
     if grouped:

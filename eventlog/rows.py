@@ -142,19 +142,21 @@ def event_values(event: ProxyLogEvent, prices: PriceBook | None = None) -> tuple
     else:
         price_id = None
     kind = error_type(event.error)
+    # An empty name is no name: the reports' dimensions (and the rollup's keys) hold
+    # NULL for "none", so '' must not become a group of its own.
     return (
         event.id,
         event.event_type,
-        internal.organization_id,
-        internal.project_id,
-        internal.user_id,
+        internal.organization_id or None,
+        internal.project_id or None,
+        internal.user_id or None,
         event.request,
         event.response,
         event.error,
-        event.provider,
-        model,
-        meta.application,
-        meta.environment,
+        event.provider or None,
+        model or None,
+        meta.application or None,
+        meta.environment or None,
         meta.organization_id,
         meta.project_id,
         meta.user_id,
@@ -192,9 +194,9 @@ def payload_values(event: EventPayload) -> tuple[Any, ...]:
     return (
         event.id,
         event.type,
-        None if internal is None else internal.organization_id,
-        None if internal is None else internal.project_id,
-        None if internal is None else internal.user_id,
+        None if internal is None else internal.organization_id or None,
+        None if internal is None else internal.project_id or None,
+        None if internal is None else internal.user_id or None,
         None,
         None,
         event.error,

@@ -253,6 +253,7 @@ eventlog_rollup_hourly = Table(
             "tps_tokens",  # completion tokens of calls with both tokens and latency
             "tps_ms",  # their request latency
             *(f"lat_{i:02d}" for i in range(len(LATENCY_BIN_EDGES) + 1)),
+            "latency_max_ms",  # the slowest request latency: the top of the last bin
         )
     ),
     PrimaryKeyConstraint("hour", *ROLLUP_KEYS, name="eventlog_rollup_hourly_pkey"),

@@ -6,7 +6,9 @@ One counting rule for tokens, whatever the provider's shape (it is OpenAI's):
   and ``cache_write_tokens`` are parts of it, not additions to it;
 - ``completion_tokens`` counts every output token, reasoning included:
   ``reasoning_tokens`` is a part of it;
-- ``total_tokens`` is what the provider says, else prompt + completion.
+- ``total_tokens`` is what the provider says, else prompt + completion;
+- a count that is not a whole number from 0 to 2**31 - 1 (what the columns hold) is
+  garbage: unknown (None), never a number that would skew the sums or the cost.
 
 Shapes understood, from the response's ``usage`` (or Gemini's ``usageMetadata``):
 
@@ -35,7 +37,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -59,6 +61,13 @@ PROVIDER_PRICE_ID: Final = "provider"
 """The ``price_id`` of a cost the provider reported itself."""
 
 _MAX_ERROR_TYPE = 200
+_MAX_COUNT = 2**31 - 1  # chronicle_events' token columns are 32-bit INTEGERs
+_MAX_COST: Final = Decimal(1_000_000)
+"""No single call costs a million dollars: a larger figure is garbage. It must not reach
+``cost_usd`` (``NUMERIC(20, 9)``) nor the rollup's nano-dollar ``BIGINT`` sums, where it
+would make the whole batch fail; and below it a cost has at most 15 significant digits,
+which SQLite (which keeps ``NUMERIC`` as a double) stores exactly."""
+_EXACT: Final = Context(prec=60, rounding=ROUND_HALF_EVEN)  # not the thread's context
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +86,13 @@ _NO_TOKENS: Final = Tokens()
 
 
 def _int(value: Any) -> int | None:
+    """A token count: an int (or a whole float) from 0 to what the columns hold."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= _MAX_COUNT:
+        return value
     return None
 
 
@@ -169,9 +179,9 @@ def _decimal(value: Any) -> Decimal | None:
             return None
     except InvalidOperation:
         return None
-    if not number.is_finite() or number < 0:
+    if not number.is_finite() or number < 0 or number >= _MAX_COST:
         return None
-    return number.quantize(NANO)
+    return number.quantize(NANO, context=_EXACT)
 
 
 def reported_cost(response: Any, response_meta: Mapping[str, Any] | None) -> Decimal | None:
@@ -213,7 +223,9 @@ def priced_cost(
             cache_write_tokens=tokens.cache_write or 0,
             reasoning_tokens=tokens.reasoning or 0,
         )
-    except ValueError:  # a negative count: the call cannot be priced, and is kept
+    except ValueError:  # a negative count (a row stored by other means): not priced
+        return None, None
+    if cost >= _MAX_COST:  # absurd counts or prices: garbage, not a cost
         return None, None
     return cost, price.id
 
@@ -255,11 +267,18 @@ def call_status(error: Any, rate_limited: bool | None, kind: str | None) -> str:
         return "ok"
     if rate_limited:
         return "rate_limited"
-    text = kind if kind is not None else (error if isinstance(error, str) else None)
-    if text is not None and _RATE_LIMIT.search(text):
+    # The type alone is not enough: OpenAI's 429 body has type "requests" or "tokens"
+    # and code "rate_limit_exceeded"; "APIError: rate limit exceeded" has a plain type.
+    texts: list[Any] = [kind]
+    if isinstance(error, str):
+        texts.append(error)
+    elif isinstance(error, Mapping):
+        for body in (error, error.get("error")):
+            if isinstance(body, Mapping):
+                texts += [body.get("type"), body.get("code"), body.get("status")]
+                for key in ("status_code", "status", "code"):
+                    if _int(body.get(key)) == 429:
+                        return "rate_limited"
+    if any(isinstance(text, str) and _RATE_LIMIT.search(text) for text in texts):
         return "rate_limited"
-    if isinstance(error, Mapping):
-        status = _int(error.get("status_code", error.get("status")))
-        if status == 429:
-            return "rate_limited"
     return "error"

@@ -11,8 +11,8 @@ keep NULL there (``eventlog reprice`` and ``eventlog rollup --rebuild`` fill wha
 can). B-trees on ``(user_id, created_at)`` and ``(project_id, created_at)`` serve the
 per-user and per-project reports; ``created_at`` keeps its BRIN (PostgreSQL) or B-tree
 (SQLite) from 0001. ``eventlog_rollup_hourly`` sums LLM calls per hour and dimension,
-with a fixed 77-bin log-scale histogram of request latency; ``eventlog_prices`` holds
-prices loaded by the user. Types spelled out per dialect, as in 0001.
+with a fixed 77-bin log-scale histogram of request latency and its maximum;
+``eventlog_prices`` holds prices loaded by the user. Types spelled out per dialect, as in 0001.
 
 The rollup is filled from the LLM calls already stored, in one statement, so that
 long-window reports include history from the start (their cost is unknown: they count
@@ -78,6 +78,7 @@ _ROLLUP_SUMS = (
     "tps_tokens",
     "tps_ms",
     *(f"lat_{i:02d}" for i in range(77)),
+    "latency_max_ms",
 )
 
 
@@ -134,6 +135,7 @@ def _backfill() -> None:
         f"COALESCE(SUM(CASE WHEN {tps} THEN completion_tokens END), 0)",
         f"COALESCE(SUM(CASE WHEN {tps} THEN request_latency_ms END), 0)",
         *(f"SUM({b})" for b in bins),
+        "COALESCE(MAX(request_latency_ms), 0)",
     ]
     assert len(sums) == len(_ROLLUP_SUMS)
     columns = ", ".join(["hour", *_ROLLUP_KEYS, *_ROLLUP_SUMS])
