@@ -107,6 +107,7 @@ __all__ = [
     "step_failures",
     "top_errors",
     "usage",
+    "usd_text",
 ]
 
 LLM_CALL: Final = "chronicle_llm_request"
@@ -1552,6 +1553,19 @@ LATENCY_KEYS: Final = (
 def iso_utc(value: datetime) -> str:
     """ISO 8601 in UTC with a ``Z``: the one time format of the JSON output."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def usd_text(value: Decimal) -> str:
+    """Dollars for people: cents from $1 up, three decimals from a cent, and below a
+    cent the digits down to the nano-dollar (``0.0000004``), so that a cost above zero
+    never reads as zero."""
+    if value == 0:
+        return "0.00"
+    if abs(value) >= 1:
+        return f"{value:,.2f}"
+    if abs(value) >= Decimal("0.01"):
+        return f"{value:.3f}"
+    return format(value.quantize(_NANO_USD).normalize(), "f")
 
 
 def _decimal_text(value: Decimal | None) -> str | None:

@@ -27,6 +27,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
+from urllib.parse import unquote_plus
 
 from eventlog.context import reset_request_id, set_request_id
 from eventlog.events import EventPayload, error_to_json
@@ -54,9 +55,18 @@ SENSITIVE_HEADERS: Final = frozenset(
         "set-cookie",
         "x-api-key",
         "api-key",  # Azure OpenAI's
+        "x-goog-api-key",  # Gemini's
+        "x-amz-security-token",
     }
 )
 """Request headers never put in an event (neither name nor value)."""
+
+_SECRET_NAME: Final = re.compile(
+    r"key|token|secret|auth|session|signature|password|passwd|credential|cookie", re.I
+)
+"""Other headers, and query parameters, whose names say they carry a secret: kept with
+their value replaced by :data:`REDACTED`."""
+REDACTED: Final = "[redacted]"
 
 _VALID_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -197,7 +207,7 @@ class RequestContextMiddleware:
             method = scope.get("method", "")
             path = scope.get("path", "")
             client = scope.get("client")
-            query = scope.get("query_string", b"").decode("latin-1") or None
+            query = _safe_query(scope.get("query_string", b"").decode("latin-1")) or None
             data: dict[str, Any] = {
                 "method": method,
                 "path": path,
@@ -243,6 +253,19 @@ def _safe_headers(scope: Scope) -> dict[str, str]:
         name = key.decode("latin-1").lower()
         if name in SENSITIVE_HEADERS:
             continue
-        text = value.decode("latin-1")
+        text = REDACTED if _SECRET_NAME.search(name) else value.decode("latin-1")
         headers[name] = f"{headers[name]}, {text}" if name in headers else text
     return headers
+
+
+def _safe_query(query: str) -> str:
+    """The query string with the values of secret-looking parameters (``api_key``,
+    ``access_token``, ``sig``...) replaced by :data:`REDACTED`."""
+    if not query:
+        return query
+    parts = []
+    for part in query.split("&"):
+        name, equals, _value = part.partition("=")
+        secret = _SECRET_NAME.search(unquote_plus(name)) or unquote_plus(name).lower() == "sig"
+        parts.append(f"{name}={REDACTED}" if equals and secret else part)
+    return "&".join(parts)

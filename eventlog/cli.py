@@ -788,6 +788,8 @@ async def _reprice(args: argparse.Namespace, url: str) -> int:
     if result.unpriced:
         models = ", ".join(f"{m} ({n:,})" for m, n in list(result.unpriced_models.items())[:5])
         print(f"  {result.unpriced:,} still unpriced: {models}")
+    if result.recounted:
+        print(f"  {result.recounted:,} token counts read again from the stored response")
     print(f"  {result.rollup_rows:,} rollup rows rebuilt")
     return 0
 
@@ -1138,7 +1140,7 @@ def _print_stats(
     console.print(
         f"{total:,} LLM calls from {since.astimezone(shown):%Y-%m-%d %H:%M} to "
         f"{until.astimezone(shown):%Y-%m-%d %H:%M} ({'UTC' if zone is None else zone.key}), "
-        f"${_money(cost)}; latency in ms; p95 needs 20 calls and p99 100, '-' below",
+        f"${analytics.usd_text(cost)}; latency in ms; p95 needs 20 calls and p99 100, '-' below",
         highlight=False,
         soft_wrap=True,
     )
@@ -1159,18 +1161,11 @@ def _print_stats(
         )
 
 
-def _money(value: Decimal) -> str:
-    """Dollars with cents, or with up to six decimals below a cent."""
-    if value == 0 or value >= Decimal("0.01"):
-        return f"{value:,.2f}"
-    return f"{value:.6f}".rstrip("0")
-
-
 def _cost(use: analytics.UsageRow) -> str:
     """The cost of a row; ``*`` marks a row with unpriced calls (never shown as $0)."""
     if not use.priced_requests:
         return "?" if use.unpriced_requests else "-"
-    return _money(use.cost_usd) + ("*" if use.unpriced_requests else "")
+    return analytics.usd_text(use.cost_usd) + ("*" if use.unpriced_requests else "")
 
 
 def _run_record(run: analytics.RunRow) -> dict[str, Any]:

@@ -15,7 +15,15 @@ from typing import Any
 
 from sqlalchemy import Boolean, Integer, Numeric, Table, Text
 
-from eventlog.sanitize import MAX_JSON_BYTES, clean_bool, clean_int, clean_json, clean_text
+from eventlog.sanitize import (
+    MAX_INDEXED_TEXT_BYTES,
+    MAX_JSON_BYTES,
+    clean_bool,
+    clean_indexed_text,
+    clean_int,
+    clean_json,
+    clean_text,
+)
 from eventlog.types import JsonType, TagsType, UTCDateTime, UUIDType, json_dumps, json_loads
 
 __all__ = ["NeedsChecking", "RowEncoder", "fast_encoder", "row_encoder", "time_encoder"]
@@ -114,6 +122,16 @@ def _fast(column_type: Any, dialect: str, max_json_bytes: int) -> Callable[[Any]
     return None
 
 
+def _indexed_text_columns(table: Table) -> frozenset[str]:
+    """The text columns of ``table`` that an index holds."""
+    return frozenset(
+        column.name
+        for index in table.indexes
+        for column in index.columns
+        if isinstance(column.type, Text) and not isinstance(column.type, UUIDType)
+    )
+
+
 def row_encoder(
     table: Table, dialect: str, columns: Sequence[str], *, max_json_bytes: int = MAX_JSON_BYTES
 ) -> RowEncoder:
@@ -124,14 +142,16 @@ def row_encoder(
     Text and integer columns are checked inline, and cleaned only when the check fails:
     this runs for every column of every row.
     """
+    indexed = _indexed_text_columns(table)
     texts: list[tuple[int, str]] = []
+    long_texts: list[tuple[int, str]] = []  # indexed: their length is checked too
     ints: list[tuple[int, str]] = []
     checks: list[tuple[int, str, Convert]] = []
     plain: list[tuple[int, Callable[[Any], Any]]] = []  # ids and times: nothing to check
     for i, name in enumerate(columns):
         column_type = table.c[name].type
         if isinstance(column_type, Text) and not isinstance(column_type, UUIDType):
-            texts.append((i, name))
+            (long_texts if name in indexed else texts).append((i, name))
         elif isinstance(column_type, Integer) and not isinstance(column_type, Boolean):
             ints.append((i, name))
         elif (check := _checked(column_type, dialect, max_json_bytes)) is not None:
@@ -150,6 +170,15 @@ def row_encoder(
                 type(value) is not str or "\x00" in value or not value.isascii()
             ):
                 encoded[i] = clean_text(value, name, repairs)
+        for i, name in long_texts:
+            value = encoded[i]
+            if value is not None and (
+                type(value) is not str
+                or len(value) * 4 > MAX_INDEXED_TEXT_BYTES
+                or "\x00" in value
+                or not value.isascii()
+            ):
+                encoded[i] = clean_indexed_text(value, name, repairs)
         for i, name in ints:
             value = encoded[i]
             if value is not None and (type(value) is not int or not low <= value <= high):

@@ -102,7 +102,10 @@ def get_request_id() -> str | None:
 
 
 def set_request_id(value: str | None) -> Token[str | None]:
-    """Set the current request id; pass the token to :func:`reset_request_id` after."""
+    """Set the current request id; pass the token to :func:`reset_request_id` after.
+    Every event sent meanwhile carries it (see :func:`fill_entries`)."""
+    global used
+    used = True
     return _request_id.set(value)
 
 
@@ -113,7 +116,8 @@ def reset_request_id(token: Token[str | None]) -> None:
 
 def fill_entries(entry: object) -> None:
     """Fill ``run_id``/``step_id`` of ``entry`` (or of each entry of a sequence) that
-    are unset, from the current scope; anything else is left alone.
+    are unset, from the current scope, and add the current request id (see
+    :func:`_tag_request`); anything else is left alone.
 
     An entry is changed in place (it has an id of its own, so it is sent once); the
     :class:`~eventlog.RequestMetadata` of an LLM call is replaced rather than changed, as
@@ -121,14 +125,30 @@ def fill_entries(entry: object) -> None:
     entry belongs to the current run (its ``run_id`` unset or the same).
     """
     scope = _scope.get()
-    if scope is None:
+    request_id = _request_id.get()
+    if scope is None and request_id is None:
         return
-    if isinstance(entry, (ProxyLogEvent, EventPayload)):
-        _fill(entry, scope)
-    elif isinstance(entry, (list, tuple)):
-        for item in entry:
-            if isinstance(item, (ProxyLogEvent, EventPayload)):
+    items = entry if isinstance(entry, (list, tuple)) else (entry,)
+    for item in items:
+        if isinstance(item, (ProxyLogEvent, EventPayload)):
+            if scope is not None:
                 _fill(item, scope)
+            if request_id is not None:
+                _tag_request(item, request_id)
+
+
+def _tag_request(entry: ProxyLogEvent | EventPayload, request_id: str) -> None:
+    """``request_id`` into an LLM call's ``metadata`` extras (its ``meta`` column), or a
+    generic event's ``data`` when that is an object; one the entry has is kept."""
+    if isinstance(entry, ProxyLogEvent):
+        meta = entry.metadata
+        if isinstance(meta, RequestMetadata) and "request_id" not in (meta.extra or {}):
+            meta = entry.metadata = _copy(meta)
+            meta.extra = {**(meta.extra or {}), "request_id": request_id}
+    elif isinstance(entry.data, dict) and "request_id" not in entry.data:
+        entry.data = {**entry.data, "request_id": request_id}
+    elif entry.data is None:
+        entry.data = {"request_id": request_id}
 
 
 def _fill(entry: ProxyLogEvent | EventPayload, scope: Scope) -> None:

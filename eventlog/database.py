@@ -379,6 +379,16 @@ _ENCODE_SLICE = 100
 _PRICES_REFRESH = 60.0  # seconds between reads of the user's prices
 
 
+def _id_key(value: Any) -> Any:
+    """An id compared by value: ``"01A2..."`` and ``UUID("01a2...")`` are one id."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return value
+
+
 @dataclass(frozen=True, slots=True)
 class _Encoded:
     """A batch as the drivers take it."""
@@ -405,11 +415,14 @@ class _RollupBatch:
         ``inserted`` (a repeated id counts once)."""
         calls = self._calls
         if inserted is not None:
+            # Ids as the database returns them (UUIDs) and as given (possibly text).
+            stored = {_id_key(i) for i in inserted}
             seen: set[Any] = set()
             kept = []
             for call in calls:
-                if call[0] in inserted and call[0] not in seen:
-                    seen.add(call[0])
+                key = _id_key(call[0])
+                if key in stored and key not in seen:
+                    seen.add(key)
                     kept.append(call)
             calls = kept
         return [[self._hour(hour), *keys, *sums] for hour, keys, sums in aggregate(calls)]

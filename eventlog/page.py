@@ -53,7 +53,15 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from eventlog import analytics
-from eventlog.analytics import LatencyRow, LatencyStats, RunDetail, RunRow, StepRow, UsageRow
+from eventlog.analytics import (
+    LatencyRow,
+    LatencyStats,
+    RunDetail,
+    RunRow,
+    StepRow,
+    UsageRow,
+    usd_text,
+)
 from eventlog.database import Database
 from eventlog.exceptions import DatabaseError
 
@@ -703,13 +711,7 @@ def _ms_tick(ms: float) -> str:
 
 def _money(value: Decimal | float) -> str:
     amount = Decimal(str(value)) if isinstance(value, float) else value
-    if amount == 0:
-        return "$0.00"
-    if abs(amount) >= 1:
-        return f"${amount:,.2f}"
-    if abs(amount) >= Decimal("0.01"):
-        return f"${amount:.3f}"
-    return f"${amount:.6f}".rstrip("0")
+    return f"${usd_text(amount)}"
 
 
 def _money_tick(value: float) -> str:

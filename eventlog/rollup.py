@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LLM_CALL",
+    "ROLLUP_KEY_BYTES",
+    "ROLLUP_KEY_CHARS",
     "SUM_COLUMNS",
     "Call",
     "RebuildResult",
@@ -56,6 +58,7 @@ __all__ = [
     "hour_of",
     "latency_bin",
     "rebuild",
+    "rollup_key",
     "upsert_statement",
 ]
 
@@ -124,6 +127,22 @@ def call_from_row(values: Sequence[Any], encoded: Sequence[Any]) -> Call | None:
     return (encoded[0], hour_of(values[_CREATED_AT]), *fields, values[_COST])
 
 
+ROLLUP_KEY_BYTES: Final = 360
+"""A name longer than this (in UTF-8) is kept in the rollup as its first
+:data:`ROLLUP_KEY_CHARS` characters: the rollup's primary key holds seven names, and
+PostgreSQL refuses a B-tree entry over 2,704 bytes."""
+ROLLUP_KEY_CHARS: Final = 90
+
+
+def rollup_key(name: str | None) -> str:
+    """A dimension's value as the rollup keys it: ``''`` for none, long names cut."""
+    if name is None:
+        return ""
+    if len(name) * 4 > ROLLUP_KEY_BYTES and len(name.encode("utf-8")) > ROLLUP_KEY_BYTES:
+        return name[:ROLLUP_KEY_CHARS]
+    return name
+
+
 def aggregate(calls: Iterable[Call]) -> list[tuple[datetime, tuple[str, ...], list[int]]]:
     """Sum calls per hour and key: ``(hour, keys, sums in SUM_COLUMNS order)``, sorted
     by hour and keys (two writers then lock rollup rows in the same order)."""
@@ -132,7 +151,7 @@ def aggregate(calls: Iterable[Call]) -> list[tuple[datetime, tuple[str, ...], li
     n_keys = len(ROLLUP_KEYS)
     for call in calls:
         hour = call[1]
-        keys = tuple("" if k is None else k for k in call[2 : 2 + n_keys])
+        keys = tuple(rollup_key(k) for k in call[2 : 2 + n_keys])
         sums = groups.get((hour, keys))
         if sums is None:
             sums = groups[(hour, keys)] = [0] * width
@@ -227,6 +246,9 @@ class RebuildResult:
 
 
 _CHUNK: Final = timedelta(days=1)
+# The last hour a rebuild reaches: a call stamped in year 9999 must not overflow the
+# arithmetic on its hour.
+_LAST_HOUR: Final = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 async def rebuild(
@@ -253,7 +275,7 @@ async def rebuild(
     rows = calls = 0
     chunk_start = start
     while chunk_start < end:
-        chunk_end = min(chunk_start + _CHUNK, end)
+        chunk_end = min(chunk_start + _CHUNK, end) if end - chunk_start > _CHUNK else end
         try:
             async with db.engine.begin() as conn:
                 if db.dialect == "postgresql":
@@ -271,8 +293,25 @@ async def rebuild(
             ) from err
         rows += n_rows
         calls += n_calls
-        chunk_start = chunk_end
+        chunk_start = await _next_data(db, chunk_end, end, model)
     return RebuildResult(start, end, rows, calls)
+
+
+async def _next_data(db: Database, after: datetime, end: datetime, model: str | None) -> datetime:
+    """The first hour from ``after`` that has calls or rollup rows (``end`` if none):
+    a rebuild skips the empty days between two far-apart calls."""
+    events, rollup = chronicle_events.c, eventlog_rollup_hourly.c
+    call = select(func.min(events.created_at)).where(
+        events.event_type == LLM_CALL, events.created_at >= after, events.created_at < end
+    )
+    kept = select(func.min(rollup.hour)).where(rollup.hour >= after, rollup.hour < end)
+    if model is not None:
+        call = call.where(events.model == model)
+        kept = kept.where(rollup.model == model)
+    async with db.engine.connect() as conn:
+        found = [(await conn.execute(query)).scalar() for query in (call, kept)]
+    nexts = [hour_of(value) for value in found if value is not None]
+    return max(after, min(nexts)) if nexts else end
 
 
 async def _span(
@@ -303,10 +342,10 @@ async def _span(
         since = floor
     if until is None:
         newest = max(v for v in (newest_call, newest_kept) if v is not None)
-        until = hour_of(newest) + timedelta(hours=1)  # the end of the last hour
+        until = min(hour_of(newest), _LAST_HOUR) + timedelta(hours=1)  # the end of the last hour
     start = max(hour_of(since), floor)
     until = until.astimezone(UTC) if until.tzinfo else until.replace(tzinfo=UTC)
-    end = hour_of(until)
+    end = min(hour_of(until), _LAST_HOUR)
     if end < until:
         end += timedelta(hours=1)
     if start >= end:

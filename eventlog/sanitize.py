@@ -25,13 +25,22 @@ encode) is encoded again with them and retried once: the repairs are the same on
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from eventlog.types import json_dumps
 
-__all__ = ["MAX_JSON_BYTES", "clean_bool", "clean_int", "clean_json", "clean_text", "repair_json"]
+__all__ = [
+    "MAX_INDEXED_TEXT_BYTES",
+    "MAX_JSON_BYTES",
+    "clean_bool",
+    "clean_indexed_text",
+    "clean_int",
+    "clean_json",
+    "clean_text",
+    "repair_json",
+]
 
 MAX_JSON_BYTES = 1 << 20
 _INT32 = (-(2**31), 2**31 - 1)
@@ -122,6 +131,25 @@ def clean_text(value: Any, column: str, repairs: list[str]) -> str:
     if changed:
         repairs.append(f"{column}: NUL removed or lone surrogate replaced")
     return fixed
+
+
+MAX_INDEXED_TEXT_BYTES: Final = 1000
+"""An indexed text column (``user_id``, ``workflow_id``, a run's ``name``...) keeps at
+most this many bytes: PostgreSQL refuses a B-tree entry over 2,704 bytes, and a run's
+index has two such columns."""
+
+
+def clean_indexed_text(value: Any, column: str, repairs: list[str]) -> str:
+    """:func:`clean_text`, cut to :data:`MAX_INDEXED_TEXT_BYTES` (noted)."""
+    text = clean_text(value, column, repairs)
+    if len(text) * 4 > MAX_INDEXED_TEXT_BYTES:
+        data = text.encode("utf-8")
+        if len(data) > MAX_INDEXED_TEXT_BYTES:
+            repairs.append(
+                f"{column}: {len(data)} bytes cut to {MAX_INDEXED_TEXT_BYTES} (an indexed column)"
+            )
+            text = data[:MAX_INDEXED_TEXT_BYTES].decode("utf-8", "ignore")
+    return text
 
 
 def clean_int(value: Any, column: str, repairs: list[str]) -> int | None:

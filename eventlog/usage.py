@@ -40,6 +40,8 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
 
+from eventlog._log import logger
+
 if TYPE_CHECKING:
     from eventlog.prices import PriceBook
 
@@ -210,9 +212,17 @@ def priced_cost(
     priced: no price for the model, or an answer without token counts. A failed call
     without token counts costs its per-request price (providers do not bill tokens
     they did not process)."""
-    if model is None or (tokens.prompt is None and tokens.completion is None and not failed):
+    if not isinstance(model, str) or (
+        tokens.prompt is None and tokens.completion is None and not failed
+    ):
         return None, None
-    price = prices.find(provider, model, at)
+    if provider is not None and not isinstance(provider, str):
+        provider = None  # not a name: priced on the model alone
+    try:
+        price = prices.find(provider, model, at)
+    except Exception:  # a price book must never fail a batch: the call stays unpriced
+        _log_pricing_failure(model)
+        return None, None
     if price is None:
         return None, None
     try:
@@ -225,9 +235,27 @@ def priced_cost(
         )
     except ValueError:  # a negative count (a row stored by other means): not priced
         return None, None
+    except ArithmeticError:  # a user price so large that the sum overflows
+        _log_pricing_failure(model)
+        return None, None
     if cost >= _MAX_COST:  # absurd counts or prices: garbage, not a cost
         return None, None
     return cost, price.id
+
+
+_failed_models: set[str] = set()
+
+
+def _log_pricing_failure(model: str) -> None:
+    """Say once per model that its calls could not be priced."""
+    if model not in _failed_models and len(_failed_models) < 1000:
+        _failed_models.add(model)
+        logger.warning(
+            "eventlog: the calls to model %r cannot be priced (a price is unusable); "
+            "they are stored unpriced",
+            model[:200],
+            exc_info=True,
+        )
 
 
 _RATE_LIMIT = re.compile(r"rate.?limit|too.?many.?requests|\b429\b|resource.?exhausted", re.I)

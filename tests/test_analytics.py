@@ -637,3 +637,21 @@ async def test_stats_on_a_database_without_tables_says_to_migrate(
     err = capsys.readouterr().err
     assert "eventlog migrate" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("0", "0.00"),
+        ("0.000000005", "0.000000005"),
+        ("0.0000004", "0.0000004"),
+        ("0.0000425", "0.0000425"),
+        ("0.05", "0.050"),
+        ("1.5", "1.50"),
+        ("12345.678", "12,345.68"),
+    ],
+)
+def test_a_cost_above_zero_never_reads_as_zero(value: str, text: str) -> None:
+    from decimal import Decimal
+
+    assert an.usd_text(Decimal(value)) == text

@@ -257,10 +257,16 @@ async def test_authorization_headers_and_cookies_are_never_logged(
         "Cookie": f"session={SECRET}",
         "X-API-Key": SECRET,
         "api-key": SECRET,
+        "x-goog-api-key": SECRET,
+        "X-Auth-Token": SECRET,
+        "OpenAI-Api-Key": SECRET,
         "User-Agent": "tests/1.0",
     }
     async with client(make_app(framework, sender)) as http:
-        response = await http.get("/work/1?verbose=1", headers=headers)
+        response = await http.get(
+            f"/work/1?verbose=1&api_key={SECRET}&access_token={SECRET}&sig={SECRET}",
+            headers=headers,
+        )
     await finish(sender, task)
     assert response.status_code == 200
 
@@ -270,7 +276,10 @@ async def test_authorization_headers_and_cookies_are_never_logged(
     assert logged["user-agent"] == "tests/1.0"
     for name in ("authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"):
         assert name not in logged
-    assert row["meta"]["query"] == "verbose=1"
+    assert logged["x-auth-token"] == logged["openai-api-key"] == "[redacted]"
+    assert row["meta"]["query"] == (
+        "verbose=1&api_key=[redacted]&access_token=[redacted]&sig=[redacted]"
+    )
     assert row["meta"]["client"] == "127.0.0.1:123"  # httpx's ASGITransport
 
 

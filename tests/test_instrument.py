@@ -684,3 +684,26 @@ async def test_the_collector_never_gives_posted_events_its_own_run_id(tmp_path: 
         own.close()
         await own_task
         await db.close()
+
+
+def test_every_event_sent_during_a_request_carries_its_id() -> None:
+    from eventlog.context import reset_request_id, set_request_id
+
+    shared = eventlog.RequestMetadata(user_id="u")
+    call = eventlog.ProxyLogEvent(metadata=shared)
+    generic = eventlog.EventPayload(type="cache_hit", data={"key": "k"})
+    bare = eventlog.EventPayload(type="tick")
+    own = eventlog.EventPayload(type="x", data={"request_id": "mine"})
+    token = set_request_id("req-42")
+    try:
+        fill_entries([call, generic, bare, own])
+    finally:
+        reset_request_id(token)
+    assert call.metadata.extra == {"request_id": "req-42"}
+    assert shared.extra in (None, {})  # the application's shared metadata is not changed
+    assert generic.data == {"key": "k", "request_id": "req-42"}
+    assert bare.data == {"request_id": "req-42"}
+    assert own.data == {"request_id": "mine"}
+    after = eventlog.EventPayload(type="later")
+    fill_entries(after)
+    assert after.data is None  # outside the request: nothing added

@@ -314,3 +314,51 @@ async def test_cli_stats_json_has_the_cost_as_decimal_text_and_the_unpriced_call
     assert table.returncode == 0, table.stderr
     unpriced = len(data.house) + 1 + len(data.gpt_untold)
     assert f"unpriced: {unpriced} calls and" in table.stdout
+
+
+async def test_rows_from_before_0004_are_recounted_from_their_response(db: Database) -> None:
+    """A row written before revision 0004 stored Anthropic's input_tokens as
+    prompt_tokens (cache excluded) and no cache counts: reprice reads the stored
+    response again under today's counting rule, then prices it."""
+    response = {
+        "model": "claude-3-5-sonnet-20241022",
+        "usage": {
+            "input_tokens": 100,
+            "output_tokens": 50,
+            "cache_read_input_tokens": 10_000,
+            "cache_creation_input_tokens": 0,
+        },
+    }
+    call = ProxyLogEvent(timestamp=AT, provider="anthropic", response=response)
+    await write(db, [call])
+    async with db.engine.begin() as conn:  # as the old writer left it
+        await conn.execute(
+            update(chronicle_events).values(
+                prompt_tokens=100,
+                total_tokens=150,
+                cache_read_tokens=None,
+                cache_write_tokens=None,
+                reasoning_tokens=None,
+                cost_usd=None,
+                price_id=None,
+            )
+        )
+
+    result = await reprice(db, since=SINCE, until=UNTIL)
+
+    assert result.recounted == 1
+    assert result.now_priced == 1
+    async with db.engine.connect() as conn:
+        row = (await conn.execute(select(chronicle_events))).mappings().one()
+    assert (row["prompt_tokens"], row["cache_read_tokens"], row["total_tokens"]) == (
+        10_100,
+        10_000,
+        10_150,
+    )
+    price = PriceBook.default().find("anthropic", "claude-3-5-sonnet-20241022", AT)
+    assert price is not None
+    rate = Decimal(1_000_000)
+    read = price.cache_read if price.cache_read is not None else price.input
+    expected = (100 * price.input + 10_000 * read + 50 * price.output) / rate
+    assert Decimal(row["cost_usd"]) == expected.quantize(NANO)
+    await assert_rollup_is_exact(db)

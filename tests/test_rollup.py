@@ -271,6 +271,14 @@ async def raw_rows(db: Database) -> list[Mapping[str, Any]]:
         return [dict(row) for row in result.mappings()]
 
 
+def rollup_name(value: str | None) -> str:
+    """A name as the rollup keys it: '' for none; over 360 UTF-8 bytes, 90 characters
+    (PostgreSQL's B-tree entries hold at most 2,704 bytes)."""
+    if value is None:
+        return ""
+    return value[:90] if len(value.encode("utf-8")) > 360 else value
+
+
 def expected_rollup(rows: Iterable[Mapping[str, Any]], *, known: bool = True) -> Rollup:
     """The rollup of the LLM calls among ``rows``, summed here from their columns. With
     ``known=False`` as the 0004 backfill sees them: no cost, cache, reasoning or TTFT."""
@@ -280,7 +288,7 @@ def expected_rollup(rows: Iterable[Mapping[str, Any]], *, known: bool = True) ->
             continue
         at: datetime = row["created_at"]
         hour = at.replace(minute=0, second=0, microsecond=0)
-        key = (hour, *("" if row[k] is None else row[k] for k in KEYS))
+        key = (hour, *(rollup_name(row[k]) for k in KEYS))
         s = sums.setdefault(key, dict.fromkeys(SUMS, 0))
 
         def value(name: str, row: Mapping[str, Any] = row) -> int:
@@ -932,3 +940,76 @@ async def test_an_approximate_percentile_is_never_below_the_exact_one(db: Databa
     (row,) = await an.latency(db, since=LONG_SINCE, until=LONG_UNTIL)
     assert row.request.p50 is not None
     assert row.request.p50 >= 2_000_000
+
+
+# -- odd data the review found ---------------------------------------------------------
+
+
+async def test_names_too_long_for_an_index_are_cut_and_the_calls_kept(db: Database) -> None:
+    """PostgreSQL refuses a B-tree entry over 2,704 bytes: a user id, or seven rollup
+    keys, that long must not turn a call into a dead letter (SQLite would keep it)."""
+    rng = random.Random(31)
+
+    def noise(n: int) -> str:  # text PostgreSQL cannot compress into an index entry
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(n))
+
+    long_user = noise(5000)
+    long_model = "é" + "".join(chr(0xE0 + rng.randrange(20)) for _ in range(2999))
+    made = []
+    for i in range(4):
+        call = a_call(rng, START + timedelta(hours=i))
+        call.model = long_model
+        call.provider = noise(4000)
+        call.metadata.application = noise(4000)
+        call.internal_metadata = InternalMetadata(
+            organization_id=noise(4000), project_id=noise(4000), user_id=long_user
+        )
+        made.append(call)
+    await write(db, made)
+    rows = await raw_rows(db)
+    assert len(rows) == 4
+    assert {len(r["user_id"].encode()) for r in rows} == {1000}  # the indexed column, cut
+    assert {r["model"] for r in rows} == {long_model}  # not indexed: kept whole
+    rollup = await assert_rollup_is_exact(db)
+    assert {key[1] for key in rollup} == {long_model[:90]}
+    assert len(rollup) == 4
+    (row,) = await an.usage(db, since=START, until=START + timedelta(days=3), source="rollup")
+    assert row.requests == 4
+
+
+async def test_a_model_or_provider_that_is_not_text_is_stored_unpriced(db: Database) -> None:
+    odd: list[Any] = [123, ["gpt-4o"], {"name": "gpt-4o"}]
+    made = []
+    for i, value in enumerate(odd):
+        call = ProxyLogEvent(
+            timestamp=START + timedelta(minutes=i),
+            provider=value if i else "openai",
+            response={"usage": {"prompt_tokens": 10, "completion_tokens": 2}},
+        )
+        call.model = value
+        made.append(call)
+    await write(db, made)
+    rows = await raw_rows(db)
+    assert len(rows) == 3
+    assert all(r["cost_usd"] is None for r in rows)
+    await assert_rollup_is_exact(db)
+
+
+async def test_text_ids_count_once_in_the_rollup_on_the_conflict_path(db: Database) -> None:
+    rng = random.Random(32)
+    first = a_call(rng, START)
+    await write(db, [first])
+    texts = [a_call(rng, START + timedelta(minutes=i)) for i in (1, 2)]
+    for call in texts:
+        call.id = str(call.id).upper()  # type: ignore[assignment]
+    await write(db, [first, *texts])  # a stored id: the conflict-safe path
+    assert len(await raw_rows(db)) == 3
+    rollup = await assert_rollup_is_exact(db)
+    assert sum(sums["requests"] for sums in rollup.values()) == 3
+
+
+async def test_a_rebuild_copes_with_a_call_stamped_in_the_year_9999(db: Database) -> None:
+    rng = random.Random(33)
+    await write(db, [a_call(rng, START), a_call(rng, datetime(9999, 12, 31, 23, 30, tzinfo=UTC))])
+    result = await rebuild(db, since=START)
+    assert result.calls >= 1

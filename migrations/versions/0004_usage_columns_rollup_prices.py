@@ -100,7 +100,12 @@ def _backfill() -> None:
         if is_pg
         else "strftime('%Y-%m-%d %H:00:00.000000', created_at)"
     )
-    keys = [f"COALESCE({key}, '')" for key in _ROLLUP_KEYS]
+    # As eventlog.rollup.rollup_key: '' for NULL, a name over 360 bytes cut to 90 chars.
+    size = "octet_length({})" if is_pg else "length(CAST({} AS BLOB))"
+    keys = [
+        f"CASE WHEN {size.format(key)} > 360 THEN substr({key}, 1, 90) ELSE COALESCE({key}, '') END"
+        for key in _ROLLUP_KEYS
+    ]
     tokens = "COALESCE(total_tokens, COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0))"
     tps = "completion_tokens IS NOT NULL AND request_latency_ms > 0"
     edges = _edges()
