@@ -1,10 +1,10 @@
 """The dashboard of ``eventlog serve``: ``GET /`` and ``GET /runs/{run_id}``.
 
-Server-rendered HTML: charts are inline SVG drawn here, the CSS is inline, and there is
-no script, web font or image, so the page makes no request to any other host and works
-offline. A Content-Security-Policy header says so to the browser too (``default-src
-'none'``), which also stops any markup that slipped through from running. Every value
-read from the database is escaped (:func:`html.escape`).
+Server-rendered HTML: charts are inline SVG (drawn by :mod:`eventlog.charts`), the CSS
+is inline, and there is no script, web font or image, so the page makes no request to
+any other host and works offline. A Content-Security-Policy header says so to the
+browser too (``default-src 'none'``), which also stops any markup that slipped through
+from running. Every value read from the database is escaped (:func:`html.escape`).
 
 ``GET /`` shows the LLM calls of a window (requests, errors, cost and latency
 percentiles per bucket, one series per group), the top models, users, applications and
@@ -41,9 +41,9 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -62,6 +62,7 @@ from eventlog.analytics import (
     UsageRow,
     usd_text,
 )
+from eventlog.charts import OTHER_COLOR, PALETTE, Series, TimelineRow, chart, time_axis, timeline
 from eventlog.database import Database
 from eventlog.exceptions import DatabaseError
 
@@ -129,17 +130,6 @@ _PARAMETERS: Final = re.compile(r"^(since|until|tz|by|bucket|where|limit|run_id)
 _CSV_FORMULA: Final = ("=", "+", "-", "@", "\t", "\r")
 _SESSION_MESSAGE: Final = b"eventlog dashboard session v1"
 _SESSION_MAX_AGE: Final = 30 * 86400
-_PALETTE: Final = (
-    "#4e79a7",
-    "#f28e2b",
-    "#59a14f",
-    "#e15759",
-    "#76b7b2",
-    "#edc948",
-    "#b07aa1",
-    "#9c755f",
-)
-_OTHER_COLOR: Final = "#b8bec6"
 _DASH: Final = "\N{EN DASH}"  # an empty cell
 _NONE: Final = '<span class="none">(none)</span>'  # a NULL from the database
 _SECURITY_HEADERS: Final = {
@@ -783,293 +773,6 @@ def _when(at: datetime, zone: tzinfo, seconds: bool = False) -> str:
     return f"{_local(at, zone):%Y-%m-%d %H:%M{':%S' if seconds else ''}}"
 
 
-# -- SVG charts ---------------------------------------------------------------------------
-
-
-def _nice_ticks(high: float, count: int = 4, *, integer: bool = False) -> list[float]:
-    """Ticks from 0 to at least ``high``: about ``count`` steps of 1, 2, 2.5 or 5 times a
-    power of ten (whole numbers only with ``integer``)."""
-    if not high > 0 or not math.isfinite(high):
-        high = 1.0
-    raw = high / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = 10 * magnitude
-    for factor in (1, 2, 2.5, 5, 10):
-        candidate = factor * magnitude
-        if integer and candidate != int(candidate):
-            continue
-        if candidate >= raw:
-            step = candidate
-            break
-    if integer:
-        step = max(1.0, step)
-    steps = math.ceil(high / step - 1e-9)
-    return [float(f"{i * step:.12g}") for i in range(steps + 1)]
-
-
-@dataclass(frozen=True, slots=True)
-class _Series:
-    """One line or stack of a chart: a value (or None) per bucket."""
-
-    name: str
-    values: Sequence[float | None]
-    color: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Axis:
-    """The buckets along x: a tick label (two lines, or None for no tick) and a
-    description for the tooltip, per bucket."""
-
-    ticks: Sequence[tuple[str, str] | None]
-    titles: Sequence[str]
-
-
-_STEPS: Final[Mapping[str, tuple[int, ...]]] = {
-    "minute": (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440),
-    "hour": (1, 2, 3, 6, 12, 24, 48, 72, 168, 336),
-    "day": (1, 2, 7, 14, 28, 56, 91, 182),
-    "week": (1, 2, 4, 8, 13, 26, 52, 104),
-    "month": (1, 2, 3, 6, 12, 24, 60),
-}
-_MAX_TICKS: Final = 8
-
-
-def _unit(local: datetime, bucket: str) -> int:
-    """A count of ``bucket`` units for a local time, to place ticks on round times."""
-    naive = local.replace(tzinfo=None)
-    if bucket == "minute":
-        return int((naive - datetime(1970, 1, 1)) // timedelta(minutes=1))
-    if bucket == "hour":
-        return int((naive - datetime(1970, 1, 1)) // timedelta(hours=1))
-    days = (naive.date() - date(1970, 1, 1)).days
-    if bucket == "day":
-        return days + 3  # multiples of 7 fall on Mondays
-    if bucket == "week":
-        return (days + 3) // 7
-    return naive.year * 12 + naive.month - 1
-
-
-def _whole(start: datetime, local: datetime, bucket: str) -> bool:
-    """Whether a bucket starts on its boundary (the first one is cut at the window's
-    start). Minute and hour buckets are UTC's, longer ones local."""
-    if bucket == "minute":
-        return start.second == 0 and start.microsecond == 0
-    if bucket == "hour":
-        return start.minute == 0 and start.second == 0 and start.microsecond == 0
-    midnight = local.hour == local.minute == local.second == local.microsecond == 0
-    if bucket == "week":
-        return midnight and local.weekday() == 0
-    if bucket == "month":
-        return midnight and local.day == 1
-    return midnight
-
-
-def _time_axis(
-    starts: Sequence[datetime], ends: Sequence[datetime], bucket: str, zone: tzinfo
-) -> _Axis:
-    n = len(starts)
-    step = next((s for s in _STEPS[bucket] if math.ceil(n / s) <= _MAX_TICKS), _STEPS[bucket][-1])
-    local = [_local(at, zone) for at in starts]
-    marked = [
-        i
-        for i, at in enumerate(local)
-        if _unit(at, bucket) % step == 0 and _whole(starts[i], at, bucket)
-    ]
-    if not marked and n:
-        marked = [0]
-    ticks: list[tuple[str, str] | None] = [None] * n
-    previous: datetime | None = None
-    for i in marked:
-        at = local[i]
-        if bucket in ("minute", "hour"):
-            context = f"{at:%b} {at.day}"
-            new = previous is None or previous.date() != at.date()
-            ticks[i] = (f"{at:%H:%M}", context if new else "")
-        elif bucket in ("day", "week"):
-            new = previous is None or previous.year != at.year
-            ticks[i] = (f"{at:%b} {at.day}", f"{at:%Y}" if new else "")
-        else:
-            new = previous is None or previous.year != at.year
-            ticks[i] = (f"{at:%b}", f"{at:%Y}" if new else "")
-        previous = at
-    titles = []
-    for start, end in zip(local, ends, strict=True):
-        end_local = _local(end, zone)
-        if bucket in ("minute", "hour"):
-            titles.append(f"{start:%a %b} {start.day}, {start:%H:%M}{_DASH}{end_local:%H:%M}")
-        elif bucket == "day":
-            titles.append(f"{start:%a %b} {start.day}, {start:%Y}")
-        elif bucket == "week":
-            titles.append(f"week from {start:%a %b} {start.day}, {start:%Y}")
-        else:
-            titles.append(f"{start:%B %Y}")
-    return _Axis(ticks, titles)
-
-
-_WIDTH: Final = 640
-_PLOT_HEIGHT: Final = 170
-_TOP: Final = 12
-_CHAR: Final = 6.4  # average width of an 11px character
-
-
-def _fmt_number(value: float) -> str:
-    return f"{value:.1f}".rstrip("0").rstrip(".")
-
-
-def _legend(series: Sequence[_Series], x0: float, x1: float, y: float) -> tuple[str, float]:
-    parts: list[str] = []
-    x, row = x0, 0
-    for s in series:
-        shown = s.name if len(s.name) <= 28 else s.name[:27] + "…"
-        width = 12 + 5 + len(shown) * _CHAR + 16
-        if x + width > x1 and x > x0:
-            x, row = x0, row + 1
-        top = y + row * 18
-        parts.append(
-            f'<g class="key"><title>{_e(s.name)}</title>'
-            f'<rect x="{_fmt_number(x)}" y="{_fmt_number(top)}" width="12" height="12" rx="2" '
-            f'fill="{s.color}"/><text x="{_fmt_number(x + 17)}" y="{_fmt_number(top + 10)}">'
-            f"{_e(shown)}</text></g>"
-        )
-        x += width
-    height = (row + 1) * 18 if series else 0
-    return "".join(parts), height
-
-
-def _chart(
-    kind: Literal["bar", "line"],
-    *,
-    title: str,
-    axis: _Axis,
-    series: Sequence[_Series],
-    fmt: Callable[[float], str],
-    tick_fmt: Callable[[float], str],
-    integer: bool = False,
-    empty: str = "No data in this window",
-    tooltip_extra: Sequence[str] | None = None,
-) -> str:
-    """An SVG chart over time buckets: stacked bars or one line per series, with a y axis
-    of nice ticks, time ticks, a legend, and a tooltip per bucket (its title)."""
-    n = len(axis.titles)
-    if kind == "bar":
-        peak = max(
-            (sum(v for s in series if (v := s.values[i]) is not None) for i in range(n)),
-            default=0.0,
-        )
-    else:
-        peak = max((v for s in series for v in s.values if v is not None), default=0.0)
-    has_data = any(v is not None and (kind == "line" or v > 0) for s in series for v in s.values)
-    # No data: a bare frame with the message, no made-up scale and no legend.
-    ticks = _nice_ticks(peak, 4, integer=integer) if has_data else [0.0, 1.0]
-    labels = [tick_fmt(t) if has_data else "" for t in ticks]
-    top_value = ticks[-1]
-    left = 14 + max(max(len(label) for label in labels), 2) * _CHAR
-    x0, x1 = left, _WIDTH - 10.0
-    y0, y1 = float(_TOP), float(_TOP + _PLOT_HEIGHT)
-    band = (x1 - x0) / max(n, 1)
-
-    def y_of(value: float) -> float:
-        return y1 - (value / top_value) * (y1 - y0)
-
-    parts: list[str] = []
-    for t, label in zip(ticks, labels, strict=True):
-        y = y_of(t)
-        parts.append(
-            f'<line class="grid" x1="{_fmt_number(x0)}" x2="{_fmt_number(x1)}" '
-            f'y1="{_fmt_number(y)}" y2="{_fmt_number(y)}"/>'
-            f'<text class="ytick" x="{_fmt_number(x0 - 6)}" y="{_fmt_number(y + 4)}" '
-            f'text-anchor="end">{_e(label)}</text>'
-        )
-    for i, tick in enumerate(axis.ticks):
-        if tick is None:
-            continue
-        x = x0 + band * (i + 0.5)
-        # The label centred on its tick, moved in where it would leave the chart.
-        half = max(len(tick[0]), len(tick[1])) * _CHAR / 2
-        tx = min(max(x, half + 2), _WIDTH - half - 2)
-        parts.append(
-            f'<line class="tick" x1="{_fmt_number(x)}" x2="{_fmt_number(x)}" '
-            f'y1="{_fmt_number(y1)}" y2="{_fmt_number(y1 + 4)}"/>'
-            f'<text class="xtick" x="{_fmt_number(tx)}" y="{_fmt_number(y1 + 16)}" '
-            f'text-anchor="middle">{_e(tick[0])}'
-            + (f'<tspan x="{_fmt_number(tx)}" dy="13">{_e(tick[1])}</tspan>' if tick[1] else "")
-            + "</text>"
-        )
-    if has_data and kind == "bar":
-        width = max(band * 0.78, 0.6)
-        for i in range(n):
-            base = 0.0
-            x = x0 + band * i + (band - width) / 2
-            for s in series:
-                v = s.values[i]
-                if not v:
-                    continue
-                top, bottom = y_of(base + v), y_of(base)
-                parts.append(
-                    f'<rect class="bar" x="{_fmt_number(x)}" y="{_fmt_number(top)}" '
-                    f'width="{_fmt_number(width)}" height="{_fmt_number(max(bottom - top, 0.5))}" '
-                    f'fill="{s.color}"/>'
-                )
-                base += v
-    elif has_data:
-        dots = n <= 60
-        for s in series:
-            run: list[tuple[float, float]] = []
-            runs: list[list[tuple[float, float]]] = []
-            for i, v in enumerate(s.values):
-                if v is None:
-                    if run:
-                        runs.append(run)
-                    run = []
-                    continue
-                run.append((x0 + band * (i + 0.5), y_of(v)))
-            if run:
-                runs.append(run)
-            for points in runs:
-                if len(points) > 1:
-                    coords = " ".join(f"{_fmt_number(x)},{_fmt_number(y)}" for x, y in points)
-                    parts.append(f'<polyline class="line" points="{coords}" stroke="{s.color}"/>')
-                if dots or len(points) == 1:
-                    parts += [
-                        f'<circle cx="{_fmt_number(x)}" cy="{_fmt_number(y)}" r="2.6" '
-                        f'fill="{s.color}"/>'
-                        for x, y in points
-                    ]
-    parts.append(
-        f'<line class="axis" x1="{_fmt_number(x0)}" x2="{_fmt_number(x1)}" '
-        f'y1="{_fmt_number(y1)}" y2="{_fmt_number(y1)}"/>'
-    )
-    if not has_data:
-        parts.append(
-            f'<text class="nodata" x="{_fmt_number((x0 + x1) / 2)}" '
-            f'y="{_fmt_number((y0 + y1) / 2)}" text-anchor="middle">{_e(empty)}</text>'
-        )
-    else:
-        for i in range(n):
-            lines = [axis.titles[i]]
-            for s in series:
-                v = s.values[i]
-                if v is not None and (kind == "line" or v):
-                    lines.append(f"{s.name}: {fmt(v)}")
-            if tooltip_extra is not None and tooltip_extra[i]:
-                lines.append(tooltip_extra[i])
-            if len(lines) == 1:
-                lines.append("none")
-            parts.append(
-                f'<rect class="hit" x="{_fmt_number(x0 + band * i)}" y="{_fmt_number(y0)}" '
-                f'width="{_fmt_number(band)}" height="{_fmt_number(y1 - y0)}">'
-                f"<title>{_e(chr(10).join(lines))}</title></rect>"
-            )
-    legend, legend_height = _legend(series if has_data else [], x0, x1, y1 + 38)
-    height = y1 + 38 + legend_height + 4
-    return (
-        f'<svg class="chart" viewBox="0 0 {_WIDTH} {_fmt_number(height)}" '
-        f'role="img" aria-label="{_e(title)}" xmlns="http://www.w3.org/2000/svg">'
-        f"<title>{_e(title)}</title>{''.join(parts)}{legend}</svg>"
-    )
-
-
 # -- the dashboard ------------------------------------------------------------------------
 
 _CSS: Final = """
@@ -1363,11 +1066,11 @@ def _charts(root: str, view: _View, data: _Data) -> str:
     ranked = sorted((k for k in groups if requests[k]), key=lambda k: (-requests[k], k))
     top = ranked[:_MAX_SERIES]
     rest = set(ranked[_MAX_SERIES:])
-    colors = {k: _PALETTE[i % len(_PALETTE)] for i, k in enumerate(top)}
+    colors = {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(top)}
     n = len(starts)
-    axis = _time_axis(starts, ends, view.bucket, view.zone)
+    axis = time_axis(starts, ends, view.bucket, view.zone)
 
-    def additive(value: Callable[[UsageRow], float | None]) -> list[_Series]:
+    def additive(value: Callable[[UsageRow], float | None]) -> list[Series]:
         table: dict[tuple[tuple[bool, str], ...], list[float | None]] = {k: [None] * n for k in top}
         other: list[float | None] = [None] * n
         for row in stats.usage:
@@ -1378,19 +1081,19 @@ def _charts(root: str, view: _View, data: _Data) -> str:
                 table[key][i] = v
             elif key in rest and v is not None:
                 other[i] = (other[i] or 0) + v
-        result = [_Series(_label(groups[k]), table[k], colors[k]) for k in top]
+        result = [Series(_label(groups[k]), table[k], colors[k]) for k in top]
         if rest:
-            result.append(_Series(f"other ({len(rest)})", other, _OTHER_COLOR))
+            result.append(Series(f"other ({len(rest)})", other, OTHER_COLOR))
         return result
 
-    def percentile(pick: Callable[[LatencyStats], int | None]) -> list[_Series]:
+    def percentile(pick: Callable[[LatencyStats], int | None]) -> list[Series]:
         table: dict[tuple[tuple[bool, str], ...], list[float | None]] = {k: [None] * n for k in top}
         for row in stats.latency:
             key = _label_key(row.group)
             if key in colors:
                 v = pick(row.request)
                 table[key][index[row.start]] = None if v is None else float(v)
-        return [_Series(_label(groups[k]), table[k], colors[k]) for k in top[:_MAX_LINES]]
+        return [Series(_label(groups[k]), table[k], colors[k]) for k in top[:_MAX_LINES]]
 
     by_text = ", ".join(view.by) if view.by else "all calls"
     per = f"per {view.bucket} · by {_e(by_text)}"
@@ -1400,7 +1103,7 @@ def _charts(root: str, view: _View, data: _Data) -> str:
         return _panel(title, svg, hint=per + hint, csv_href=csv_href, ident=f"chart-{ident}")
 
     def counts(value: Callable[[UsageRow], int], title: str, empty: str) -> str:
-        return _chart(
+        return chart(
             "bar",
             title=title,
             axis=axis,
@@ -1412,7 +1115,7 @@ def _charts(root: str, view: _View, data: _Data) -> str:
         )
 
     def latency(pick: Callable[[LatencyStats], int | None], title: str, empty: str) -> str:
-        return _chart(
+        return chart(
             "line",
             title=title,
             axis=axis,
@@ -1438,7 +1141,7 @@ def _charts(root: str, view: _View, data: _Data) -> str:
         extra = [
             f"{u:,} calls without a price, not counted" if u else "" for u in unpriced_by_bucket
         ]
-        cost_chart = _chart(
+        cost_chart = chart(
             "bar",
             title="Cost in USD",
             axis=axis,
@@ -1735,84 +1438,39 @@ def _depths(steps: Sequence[StepRow]) -> dict[uuid.UUID, int]:
 
 
 def _timeline(detail: RunDetail) -> str:
-    """The run and its steps as horizontal bars from the run's start, one row each."""
+    """The run and its steps as horizontal bars from the run's start, one row each (a
+    step with no start logged is left out)."""
     run = detail.run
-    placed = [s for s in detail.steps if s.offset_ms is not None]
-    span = max(
-        [run.duration_ms or 0, 1] + [(s.offset_ms or 0) + (s.duration_ms or 0) for s in placed]
-    )
-    width, label_width, right = 980.0, 230.0, 16.0
-    x0, x1 = label_width, width - right
-    row_height, bar_height, top = 26.0, 14.0, 30.0
-    ticks = _nice_ticks(float(span), 6)
-    scale = (x1 - x0) / ticks[-1]
+    workflow = run.workflow or "(none)"
     depths = _depths(detail.steps)
-    parts: list[str] = []
-    height = top + row_height * (len(placed) + 1) + 8
-    for t in ticks:
-        x = x0 + t * scale
-        parts.append(
-            f'<line class="grid" x1="{_fmt_number(x)}" x2="{_fmt_number(x)}" y1="{top - 6}" '
-            f'y2="{_fmt_number(height - 4)}"/><text x="{_fmt_number(x)}" y="{top - 12}" '
-            f'text-anchor="middle">{_e("+" + _ms_tick(t) if t else "0")}</text>'
-        )
 
     def row(
-        i: int, label: str, indent: int, start: int, length: int | None, status: str, tip: str
-    ) -> None:
-        y = top + row_height * i
-        shown = label if len(label) <= 34 - 2 * indent else label[: 33 - 2 * indent] + "…"
-        bx = x0 + start * scale
-        open_ended = length is None
-        bw = max((span - start if length is None else length) * scale, 2.0)
-        color = {"error": "#d64f45", "started": "#e6a23c"}.get(status, "#4e79a7")
-        dash = ' stroke-dasharray="4 3" fill-opacity="0.35"' if open_ended else ""
-        text = _duration(length) if length is not None else "no end logged"
-        if bx + bw + 8 + len(text) * _CHAR < width:
-            dur = (
-                f'<text class="dur" x="{_fmt_number(bx + bw + 5)}" y="{_fmt_number(y + 15)}">'
-                f"{_e(text)}</text>"
-            )
-        elif bw > len(text) * _CHAR + 10:
-            dur = (
-                f'<text class="dur{"" if open_ended else " inbar"}" '
-                f'x="{_fmt_number(bx + bw - 5)}" y="{_fmt_number(y + 15)}" '
-                f'text-anchor="end">{_e(text)}</text>'
-            )
-        else:
-            dur = ""
-        parts.append(
-            f'<g class="{"run" if i == 0 else "step"} {_e(status)}"><title>{_e(tip)}</title>'
-            f'<text class="label" x="{_fmt_number(8 + 12 * indent)}" '
-            f'y="{_fmt_number(y + 15)}">{_e(shown)}</text>'
-            f'<rect class="span" x="{_fmt_number(bx)}" y="{_fmt_number(y + 4)}" '
-            f'width="{_fmt_number(bw)}" height="{bar_height}" rx="2" fill="{color}" '
-            f'stroke="{color}"{dash}/>{dur}</g>'
+        kind: str, label: str, start: int, length: int | None, status: str, tip: str, indent: int
+    ) -> TimelineRow:
+        return TimelineRow(
+            label=label,
+            start=start,
+            length=length,
+            text=_duration(length) if length is not None else "no end logged",
+            tip=tip,
+            color={"error": "#d64f45", "started": "#e6a23c"}.get(status, "#4e79a7"),
+            css_class=f"{kind} {status}",
+            indent=indent,
         )
 
-    row(
-        0,
-        f"run · {run.workflow or '(none)'}",
-        0,
-        0,
-        run.duration_ms,
-        run.status,
-        f"run {run.id}\n{run.workflow or '(none)'} · {run.status} · {_duration(run.duration_ms)}",
-    )
-    for i, step in enumerate(placed, start=1):
+    summary = f"run {run.id}\n{workflow} · {run.status} · {_duration(run.duration_ms)}"
+    rows = [row("run", f"run · {workflow}", 0, run.duration_ms, run.status, summary, 0)]
+    for step in detail.steps:
+        if step.offset_ms is None:
+            continue
         name = f"{step.type or '(none)'} · {step.name or '(none)'}"
         tip = (
             f"{name}\n+{_duration(step.offset_ms)} from the run's start · "
             f"{_duration(step.duration_ms)} · {step.status}\nstep {step.id}"
         )
-        row(
-            i, name, depths.get(step.id, 0), step.offset_ms or 0, step.duration_ms, step.status, tip
-        )
-    return (
-        f'<svg class="timeline" viewBox="0 0 {_fmt_number(width)} {_fmt_number(height)}" '
-        f'role="img" aria-label="the run\'s steps on a timeline" xmlns="http://www.w3.org/2000/svg">'
-        f"{''.join(parts)}</svg>"
-    )
+        indent = depths.get(step.id, 0)
+        rows.append(row("step", name, step.offset_ms, step.duration_ms, step.status, tip, indent))
+    return timeline(rows, title="the run's steps on a timeline", tick_fmt=_ms_tick)
 
 
 def _run_page(root: str, params: Any, zone: tzinfo, detail: RunDetail) -> str:
