@@ -276,7 +276,8 @@ class RunDuration:
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
-    """One run with its step counts; ``duration_ms`` is ``None`` while it is started."""
+    """One run with its step counts and the LLM calls logged under it (their exact cost,
+    and how many had no price); ``duration_ms`` is ``None`` while it is started."""
 
     id: uuid.UUID
     workflow: str | None
@@ -288,6 +289,9 @@ class RunRow:
     duration_ms: int | None
     steps: int
     failed_steps: int
+    llm_calls: int = 0
+    cost_usd: Decimal = Decimal(0)  # of the run's priced LLM calls
+    unpriced_calls: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1305,7 +1309,18 @@ def _run_row(row: Mapping[str, Any]) -> RunRow:
         duration_ms=None if row["status"] == "started" else int(row["duration_ms"]),
         steps=int(row["steps"] or 0),
         failed_steps=int(row["failed"] or 0),
+        llm_calls=int(row["llm_calls"] or 0),
+        cost_usd=Decimal(int(row["cost_nanos"] or 0)).scaleb(-9),
+        unpriced_calls=int(row["unpriced_calls"] or 0),
     )
+
+
+def _run_calls(column: ColumnElement[Any]) -> Select[Any]:
+    """A scalar subquery over the LLM calls of the outer run (the run_id index)."""
+    return select(column).where(events.run_id == runs.id, events.event_type == LLM_CALL)
+
+
+_RUN_COST: Final = cast(func.round(events.cost_usd * 1_000_000_000), BigInteger)
 
 
 def _runs_select(db: Database) -> Select[Any]:
@@ -1321,6 +1336,11 @@ def _runs_select(db: Database) -> Select[Any]:
         _duration_ms(db, runs.created_at, runs.updated_at).label("duration_ms"),
         counts.c.steps,
         counts.c.failed,
+        _run_calls(func.count()).scalar_subquery().label("llm_calls"),
+        _run_calls(func.sum(_RUN_COST)).scalar_subquery().label("cost_nanos"),
+        _run_calls(func.sum(case((events.cost_usd.is_(None), 1), else_=0)))
+        .scalar_subquery()
+        .label("unpriced_calls"),
     ).outerjoin(counts, counts.c.run_id == runs.id)
 
 
@@ -1331,21 +1351,25 @@ async def list_runs(
     until: TimeArg = None,
     workflow: str | None = None,
     status: str | None = None,
-    order: Literal["recent", "slowest"] = "recent",
+    order: Literal["recent", "slowest", "expensive"] = "recent",
     limit: int = 20,
     tz: str | tzinfo | None = None,
     now: datetime | None = None,
 ) -> list[RunRow]:
-    """Runs started in the window with their step counts: the most recent first, or
-    the slowest ended ones first (``order="slowest"``)."""
+    """Runs started in the window with their step counts and LLM calls: the most
+    recent first, the slowest ended ones first (``order="slowest"``), or the most
+    expensive first (``order="expensive"``: by the cost of their priced calls)."""
     positive_int("limit", limit)
-    if order not in ("recent", "slowest"):
-        raise ValueError(f"order must be 'recent' or 'slowest', got {order!r}")
+    if order not in ("recent", "slowest", "expensive"):
+        raise ValueError(f"order must be 'recent', 'slowest' or 'expensive', got {order!r}")
     start, end = _run_window(since, until, tz, now)
     statement = _runs_select(db).where(*_run_conditions(start, end, workflow, status))
     if order == "slowest":
         duration = _duration_ms(db, runs.created_at, runs.updated_at)
         statement = statement.where(runs.status != "started").order_by(duration.desc(), runs.id)
+    elif order == "expensive":
+        cost = _run_calls(func.coalesce(func.sum(_RUN_COST), 0)).scalar_subquery()
+        statement = statement.order_by(cost.desc(), runs.id)
     else:
         statement = statement.order_by(runs.created_at.desc(), runs.id)
     found = await _fetch(db, statement.limit(limit), "listing runs")

@@ -974,14 +974,21 @@ def _add_analytics_commands(commands: Any, database: argparse.ArgumentParser) ->
     runs = commands.add_parser(
         "runs",
         parents=[database, window],
-        help="workflow runs: recent or slowest, with their steps and failures",
-        description="The runs started in the window, most recent first (or --slowest), "
-        "with duration and step counts, then the runs per workflow and status.",
+        help="workflow runs: recent, slowest or most expensive, with steps and failures",
+        description="The runs started in the window, most recent first (or --slowest, "
+        "--most-expensive), with duration, step counts, LLM calls and their cost, then "
+        "the runs per workflow and status.",
     )
     runs.add_argument("--status", metavar="S", help="only runs in status S (error, finished...)")
     runs.add_argument("--workflow", metavar="W", help="only runs of workflow W (the run's name)")
-    runs.add_argument(
+    order = runs.add_mutually_exclusive_group()
+    order.add_argument(
         "--slowest", action="store_true", help="the slowest ended runs first, not the newest"
+    )
+    order.add_argument(
+        "--most-expensive",
+        action="store_true",
+        help="the runs whose LLM calls cost most first",
     )
     runs.add_argument(
         "--limit", type=_positive_int, default=20, metavar="N", help="(default: %(default)s)"
@@ -1180,6 +1187,9 @@ def _run_record(run: analytics.RunRow) -> dict[str, Any]:
         "duration_ms": run.duration_ms,
         "steps": run.steps,
         "failed_steps": run.failed_steps,
+        "llm_calls": run.llm_calls,
+        "cost_usd": format(run.cost_usd, "f"),
+        "unpriced_calls": run.unpriced_calls,
     }
 
 
@@ -1204,7 +1214,9 @@ async def _runs(args: argparse.Namespace, url: str) -> int:
                 db,
                 workflow=args.workflow,
                 status=args.status,
-                order="slowest" if args.slowest else "recent",
+                order=(
+                    "slowest" if args.slowest else "expensive" if args.most_expensive else "recent"
+                ),
                 limit=args.limit,
                 **window,
             )
@@ -1229,12 +1241,14 @@ async def _runs(args: argparse.Namespace, url: str) -> int:
     table.add_column("run id\nworkflow", no_wrap=True, min_width=36, overflow="ellipsis")
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("steps", justify="right", no_wrap=True)
+    table.add_column("LLM calls\ncost $", justify="right", no_wrap=True)
     for run in listed:
         table.add_row(
             f"{run.created_at.astimezone(shown):%m-%d %H:%M:%S}\n{escape(run.status)}",
             f"{run.id}\n{escape(run.workflow or '-')}",
             _duration(run.duration_ms),
             f"{run.steps}\n{run.failed_steps} failed" if run.failed_steps else str(run.steps),
+            f"{run.llm_calls:,}\n{_run_cost(run)}",
         )
     if listed:
         console.print(table)
@@ -1250,6 +1264,15 @@ async def _runs(args: argparse.Namespace, url: str) -> int:
         soft_wrap=True,
     )
     return 0
+
+
+def _run_cost(run: analytics.RunRow) -> str:
+    """A run's cost; ``*`` when some of its calls have no price, ``?`` when none has."""
+    if run.llm_calls and run.unpriced_calls == run.llm_calls:
+        return "?"
+    if not run.llm_calls:
+        return "-"
+    return analytics.usd_text(run.cost_usd) + ("*" if run.unpriced_calls else "")
 
 
 _BAR = 32

@@ -655,3 +655,49 @@ def test_a_cost_above_zero_never_reads_as_zero(value: str, text: str) -> None:
     from decimal import Decimal
 
     assert an.usd_text(Decimal(value)) == text
+
+
+async def test_runs_carry_the_cost_of_their_calls_and_sort_by_it(db: Database) -> None:
+    from decimal import Decimal
+
+    at = datetime(2026, 3, 29, 9, tzinfo=UTC)
+    runs = [uuid.UUID(int=700 + i) for i in range(3)]
+    entries: list[Any] = []
+    for i, run_id in enumerate(runs):
+        entries.append(RunStartEvent(id=run_id, name="triage", time=at + timedelta(minutes=i)))
+        entries.append(RunUpdateEvent(id=run_id, time=at + timedelta(minutes=i, seconds=5)))
+        for k in range(i + 1):  # run i has i + 1 calls of growing size
+            entries.append(
+                ProxyLogEvent(
+                    timestamp=at + timedelta(minutes=i, seconds=k),
+                    provider="openai",
+                    model="gpt-4o-2024-08-06",
+                    response={"usage": {"prompt_tokens": 1000 * (k + 1), "completion_tokens": 7}},
+                    metadata={"run_id": run_id},
+                )
+            )
+    entries.append(  # an unpriced call in the cheapest run
+        ProxyLogEvent(timestamp=at, model="house-model", metadata={"run_id": runs[0]})
+    )
+    await db.write_log_batch(entries)
+
+    async with db.engine.connect() as conn:
+        found = await conn.execute(
+            text(
+                "SELECT run_id, COUNT(*), SUM(cost_usd), "
+                "SUM(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END) FROM chronicle_events "
+                "WHERE event_type = 'chronicle_llm_request' GROUP BY run_id"
+            )
+        )
+        expected = {
+            uuid.UUID(str(r[0])): (r[1], Decimal(str(r[2])).quantize(Decimal("1e-9")), r[3])
+            for r in found
+        }
+    window = {"since": at - timedelta(hours=1), "until": at + timedelta(hours=1)}
+    listed = await an.list_runs(db, order="expensive", **window)
+    assert [r.id for r in listed] == [runs[2], runs[1], runs[0]]
+    for row in listed:
+        assert (row.llm_calls, row.cost_usd, row.unpriced_calls) == expected[row.id]
+    assert listed[-1].unpriced_calls == 1
+    with pytest.raises(ValueError, match=r"^order must be"):
+        await an.list_runs(db, order="cheapest", **window)  # type: ignore[arg-type]
