@@ -6,10 +6,10 @@ same on PostgreSQL and SQLite for the same data. Three rules make them the same:
 
 - Percentiles are exact, nearest-rank (PostgreSQL's ``percentile_disc``): the value at
   rank ``ceil(p * n)`` of the sorted samples. SQLite has no ordered-set aggregates, so
-  there each sample is ranked with ``ROW_NUMBER()`` and ``COUNT()`` over its group and
-  the smallest value with ``rank >= p * n`` is taken, the same double arithmetic as
-  PostgreSQL's. Few samples make a high percentile noise, so p95 is ``None`` below
-  :data:`MIN_SAMPLES` ``[0.95]`` (20) samples and p99 below 100.
+  there the samples are read once and ranked in Python: the value at the smallest rank
+  with ``rank >= p * n``, the same double arithmetic as PostgreSQL's. Few samples make a
+  high percentile noise, so p95 is ``None`` below :data:`MIN_SAMPLES` ``[0.95]`` (20)
+  samples and p99 below 100.
 - SQL returns only integers (counts, sums, ranks, epoch microseconds); ratios, averages
   and rates are computed here in Python, so no float rounding differs between backends.
   Rows are sorted here too, by code point (collations differ).
@@ -20,9 +20,9 @@ same on PostgreSQL and SQLite for the same data. Three rules make them the same:
   bucket. Buckets without rows are filled with zero rows.
 
 Only LLM calls (``event_type = 'chronicle_llm_request'``) count in :func:`usage` and
-:func:`latency`. The cost, cache, reasoning-token and time-to-first-token columns come in
-a later schema revision: they slot in as more fields of :class:`UsageRow` and as a
-``ttft`` :class:`LatencyStats` of :class:`LatencyRow`, keeping every existing field.
+:func:`latency`. The whole hours of longer windows are read from the hourly rollup (see
+:mod:`eventlog.rollup`), with the same results; percentiles over more than seven days
+come from its histogram, marked approximate.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import KeyedColumnElement
 
@@ -133,7 +134,7 @@ EXACT_PERCENTILE_WINDOW: Final = timedelta(days=7)
 """Percentiles over windows up to this long are exact, from the raw rows; longer ones
 come from the rollup's histogram when the grouping and filters allow (see
 :class:`LatencyStats`)."""
-ROLLUP_MIN_WINDOW: Final = timedelta(hours=48)
+ROLLUP_MIN_WINDOW: Final = timedelta(hours=2)
 """:func:`usage` reads the whole hours of windows longer than this from the rollup when
 the grouping and filters allow it (with ``source="auto"``); the results are the same."""
 Source: TypeAlias = Literal["auto", "raw", "rollup"]
@@ -642,17 +643,24 @@ def _any_of(expr: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bo
     return options[0] if len(options) == 1 else options[0] | options[1]
 
 
-def _percentile_select(
+async def _percentiles(
     db: Database,
     base: Subquery,
     keys: Sequence[str],
     values: Sequence[str],
-) -> Select[Any]:
+    doing: str,
+) -> list[Mapping[str, Any]]:
     """Per group of ``keys`` of ``base``: ``{v}_n`` (samples), ``{v}_sum`` and ``{v}_p50``
-    ... for each column ``v`` of ``values``; nearest-rank on both backends."""
+    ... for each column ``v`` of ``values``; nearest-rank on both backends.
+
+    PostgreSQL computes them itself (``percentile_disc``). SQLite has no ordered-set
+    aggregates, and its window-function form sorts the rows once per value: the samples
+    are read once instead and ranked here, with the same double arithmetic
+    (the value at the smallest rank ``r`` with ``r >= p * n``).
+    """
     group = [base.c[k] for k in keys]
-    columns: list[ColumnElement[Any]] = list(group)
     if db.dialect == "postgresql":
+        columns: list[ColumnElement[Any]] = list(group)
         for v in values:
             sample = base.c[v]
             columns += [func.count(sample).label(f"{v}_n"), func.sum(sample).label(f"{v}_sum")]
@@ -660,30 +668,30 @@ def _percentile_select(
                 func.percentile_disc(p).within_group(sample).label(f"{v}_p{_pname(p)}")
                 for p in PERCENTILES
             ]
-        return select(*columns).group_by(*group)
-    ranked_columns: list[ColumnElement[Any]] = [base.c[k] for k in keys]
-    for v in values:
-        sample = base.c[v]
-        ranked_columns += [
-            sample,
-            func.row_number()
-            .over(partition_by=[*group, sample.is_(None)], order_by=sample)
-            .label(f"{v}_rank"),
-            func.count(sample).over(partition_by=group).label(f"{v}_count"),
-        ]
-    ranked = select(*ranked_columns).subquery("ranked")
-    outer_group = [ranked.c[k] for k in keys]
-    columns = list(outer_group)
-    for v in values:
-        sample, rank, count = ranked.c[v], ranked.c[f"{v}_rank"], ranked.c[f"{v}_count"]
-        columns += [func.count(sample).label(f"{v}_n"), func.sum(sample).label(f"{v}_sum")]
-        columns += [
-            func.min(case((and_(sample.is_not(None), rank >= literal(p) * count), sample))).label(
-                f"{v}_p{_pname(p)}"
-            )
-            for p in PERCENTILES
-        ]
-    return select(*columns).group_by(*outer_group)
+        return await _fetch(db, select(*columns).group_by(*group), doing)
+    found = await _fetch_tuples(db, select(*group, *(base.c[v] for v in values)), doing)
+    width = len(keys)
+    samples: dict[tuple[Any, ...], list[list[int]]] = {}
+    for row in found:
+        lists = samples.get(row[:width])
+        if lists is None:
+            lists = samples[row[:width]] = [[] for _ in values]
+        for i, value in enumerate(row[width:]):
+            if value is not None:
+                lists[i].append(value)
+    result: list[Mapping[str, Any]] = []
+    for group_key, lists in samples.items():
+        record: dict[str, Any] = dict(zip(keys, group_key, strict=True))
+        for v, sample_list in zip(values, lists, strict=True):
+            sample_list.sort()
+            n = len(sample_list)
+            record[f"{v}_n"] = n
+            record[f"{v}_sum"] = sum(sample_list) if n else None
+            for p in PERCENTILES:
+                rank = max(1, math.ceil(p * n))  # the smallest rank r with r >= p * n
+                record[f"{v}_p{_pname(p)}"] = sample_list[rank - 1] if n else None
+        result.append(record)
+    return result
 
 
 def _pname(p: float) -> str:
@@ -712,10 +720,23 @@ def _stats(row: Mapping[str, Any], v: str) -> LatencyStats:
 
 
 async def _fetch(db: Database, statement: Select[Any], doing: str) -> list[Mapping[str, Any]]:
+    return [dict(row._mapping) for row in await _rows(db, statement, doing)]
+
+
+async def _fetch_tuples(db: Database, statement: Select[Any], doing: str) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in await _rows(db, statement, doing)]
+
+
+async def _rows(db: Database, statement: Select[Any], doing: str) -> Sequence[Row[Any]]:
     try:
         async with db.engine.connect() as conn:
-            result = await conn.execute(statement)
-            return [dict(row) for row in result.mappings()]
+            if db.dialect == "postgresql":
+                # These queries are short: compiling them to machine code (JIT, which
+                # PostgreSQL's cost estimate turns on for a million rows) costs more
+                # than it saves, 20-70 ms each as measured.
+                await conn.exec_driver_sql("SET LOCAL jit = off")
+            rows: Sequence[Row[Any]] = (await conn.execute(statement)).all()
+            return rows
     except (SQLAlchemyError, OSError) as err:
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         hint = ""
@@ -1085,9 +1106,7 @@ async def latency(
             "ttft": events.ttft_ms,
         },
     )
-    found = await _fetch(
-        db, _percentile_select(db, base, q.keys, ["req", "tot", "ttft"]), "reading latency"
-    )
+    found = await _percentiles(db, base, q.keys, ["req", "tot", "ttft"], "reading latency")
     empty: Mapping[str, Any] = {}
     return [
         LatencyRow(
@@ -1280,7 +1299,7 @@ async def run_durations(
         .where(*_run_conditions(start, end, workflow, None), runs.status != "started")
         .subquery("ended")
     )
-    found = await _fetch(db, _percentile_select(db, base, ["g0"], ["dur"]), "reading run durations")
+    found = await _percentiles(db, base, ["g0"], ["dur"], "reading run durations")
     rows = [RunDuration(r["g0"], _stats(r, "dur")) for r in found]
     return sorted(rows, key=lambda r: _sort_key(r.workflow))
 
