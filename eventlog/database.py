@@ -200,6 +200,11 @@ class Database:
             for cls, statement in statements.workflow.items()
         }
         self._rollup_sql: str | None = upsert_statement(name).compile(dialect=engine.dialect).string
+        self._rollup_delta_sql = (
+            upsert_statement(name, from_delta=True).compile(dialect=engine.dialect).string
+            if name == "postgresql"
+            else None
+        )
         self._hour = codecs.time_encoder(name)
         self._prices: PriceBook | None = None
         self._prices_loaded = -_PRICES_REFRESH
@@ -346,7 +351,7 @@ class Database:
             repaired += fixed
         rollup = None
         if calls and self._rollup_sql is not None:
-            rollup = _RollupBatch(calls, self._rollup_sql, self._hour)
+            rollup = _RollupBatch(calls, self._rollup_sql, self._rollup_delta_sql, self._hour)
         return _Encoded(events, workflow, rollup, repaired)
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
@@ -403,11 +408,14 @@ class _RollupBatch:
     """A batch's LLM calls and the rollup increments they make, for the rows actually
     inserted (see :mod:`eventlog.rollup`)."""
 
-    __slots__ = ("_calls", "_hour", "sql")
+    __slots__ = ("_calls", "_hour", "delta_sql", "sql")
 
-    def __init__(self, calls: list[Call], sql: str, hour: Callable[[Any], Any]) -> None:
+    def __init__(
+        self, calls: list[Call], sql: str, delta_sql: str | None, hour: Callable[[Any], Any]
+    ) -> None:
         self._calls = calls
         self.sql = sql
+        self.delta_sql = delta_sql
         self._hour = hour
 
     def params(self, inserted: Collection[Any] | None = None) -> list[list[Any]]:

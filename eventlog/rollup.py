@@ -28,10 +28,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Insert, and_, delete, func, insert, select
+from sqlalchemy import Column, Insert, MetaData, Table, and_, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.schema import CreateTable
 
 from eventlog.exceptions import DatabaseError
 from eventlog.rows import EVENT_COLUMNS
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from eventlog.database import Database
 
 __all__ = [
+    "DELTA_TABLE",
     "LLM_CALL",
     "ROLLUP_KEY_BYTES",
     "ROLLUP_KEY_CHARS",
@@ -55,6 +57,7 @@ __all__ = [
     "RebuildResult",
     "aggregate",
     "call_from_row",
+    "delta_table_ddl",
     "hour_of",
     "latency_bin",
     "rebuild",
@@ -215,11 +218,39 @@ def _tokens(prompt: int | None, completion: int | None, total: int | None) -> in
     return (prompt or 0) + (completion or 0)
 
 
-def upsert_statement(dialect: str) -> Insert:
+DELTA_TABLE: Final = "eventlog_rollup_delta"
+"""On PostgreSQL a batch's increments are copied into this temporary table (one per
+connection, emptied at each commit) and added with one ``INSERT ... SELECT``: one
+statement instead of one execution per rollup row, a third of the rollup's cost."""
+
+_delta = Table(
+    DELTA_TABLE,
+    MetaData(),
+    *(Column(c.name, c.type) for c in eventlog_rollup_hourly.columns),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",
+)
+
+
+def delta_table_ddl() -> str:
+    """``CREATE TEMPORARY TABLE IF NOT EXISTS eventlog_rollup_delta (...)``."""
+    ddl = CreateTable(_delta, if_not_exists=True)
+    dialect = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
+    return str(ddl.compile(dialect=dialect)).strip()
+
+
+def upsert_statement(dialect: str, *, from_delta: bool = False) -> Insert:
     """``INSERT ... ON CONFLICT (hour, keys) DO UPDATE SET s = s + excluded.s`` (and the
-    greater of the two maxima)."""
+    greater of the two maxima); with ``from_delta`` (PostgreSQL), of the rows of
+    :data:`DELTA_TABLE` in key order, instead of one row of parameters."""
     if dialect == "postgresql":
         ins: Any = postgresql.insert(eventlog_rollup_hourly)
+        if from_delta:
+            keys = [_delta.c.hour, *(_delta.c[k] for k in ROLLUP_KEYS)]
+            ins = ins.from_select(
+                [c.name for c in eventlog_rollup_hourly.columns],
+                select(*_delta.columns).order_by(*keys),
+            )
     elif dialect == "sqlite":
         ins = sqlite.insert(eventlog_rollup_hourly)
     else:
