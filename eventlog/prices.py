@@ -305,6 +305,23 @@ class Price:
         for tier in self.tiers:
             if prompt > tier.above_input_tokens:
                 rates = tier
+        whole = _pico_rates(rates, self.request)
+        if whole is not None:
+            # Integer pico-dollars: exact, and several times faster than Decimal (this
+            # runs for every priced call the writer stores).
+            p_in, p_read, p_write, p_out, p_reasoning, p_request = whole
+            pico = (
+                max(prompt - read - write, 0) * p_in
+                + read * p_read
+                + write * p_write
+                + max(completion - reasoning, 0) * p_out
+                + reasoning * p_reasoning
+                + p_request
+            )
+            nano, rest = divmod(pico, 1000)
+            if rest > 500 or (rest == 500 and nano % 2):
+                nano += 1  # half-even, as quantize()
+            return Decimal(nano).scaleb(-9)
         input_, output = rates.input, rates.output
         with localcontext(_EXACT):
             tokens = (
@@ -430,6 +447,23 @@ def _check_prices(name: str, prices: object) -> tuple[Price, ...]:
         if not isinstance(price, Price):
             raise TypeError(f"{name} must hold only Price, got {type(price).__name__}")
     return checked
+
+
+@functools.lru_cache(maxsize=4096)
+def _pico_rates(
+    rates: Price | PriceTier, request: Decimal
+) -> tuple[int, int, int, int, int, int] | None:
+    """``rates`` as whole pico-dollars per token (a price per million tokens with at most
+    six decimals, a request price with at most twelve), or None to use Decimal."""
+    read = rates.input if rates.cache_read is None else rates.cache_read
+    write = rates.input if rates.cache_write is None else rates.cache_write
+    reasoning = rates.output if rates.reasoning is None else rates.reasoning
+    per_token = [rates.input, read, write, rates.output, reasoning]
+    values = [rate.scaleb(6) for rate in per_token] + [request.scaleb(12)]
+    if any(value != value.to_integral_value() for value in values):
+        return None
+    a, b, c, d, e, f = (int(value) for value in values)
+    return a, b, c, d, e, f
 
 
 class PriceBook:

@@ -146,6 +146,32 @@ def rollup_key(name: str | None) -> str:
     return name
 
 
+# Positions in a row of sums, looked up once (aggregate() runs for every call).
+_CACHE_READ_TOKENS: Final = _S["cache_read_tokens"]
+_CACHE_WRITE_TOKENS: Final = _S["cache_write_tokens"]
+_COMPLETION_TOKENS: Final = _S["completion_tokens"]
+_COST_NANOS: Final = _S["cost_nanos"]
+_ERRORS: Final = _S["errors"]
+_LATENCY_COUNT: Final = _S["latency_count"]
+_LATENCY_SUM_MS: Final = _S["latency_sum_ms"]
+_PRICED: Final = _S["priced"]
+_PROMPT_TOKENS: Final = _S["prompt_tokens"]
+_RATE_LIMITED: Final = _S["rate_limited"]
+_REASONING_TOKENS: Final = _S["reasoning_tokens"]
+_REQUESTS: Final = _S["requests"]
+_RETRIED: Final = _S["retried"]
+_RETRIES: Final = _S["retries"]
+_TOTAL_LATENCY_COUNT: Final = _S["total_latency_count"]
+_TOTAL_LATENCY_SUM_MS: Final = _S["total_latency_sum_ms"]
+_TOTAL_TOKENS: Final = _S["total_tokens"]
+_TPS_MS: Final = _S["tps_ms"]
+_TPS_TOKENS: Final = _S["tps_tokens"]
+_TTFT_COUNT: Final = _S["ttft_count"]
+_TTFT_SUM_MS: Final = _S["ttft_sum_ms"]
+_UNPRICED: Final = _S["unpriced"]
+_UNPRICED_TOKENS: Final = _S["unpriced_tokens"]
+
+
 def aggregate(calls: Iterable[Call]) -> list[tuple[datetime, tuple[str, ...], list[int]]]:
     """Sum calls per hour and key: ``(hour, keys, sums in SUM_COLUMNS order)``, sorted
     by hour and keys (two writers then lock rollup rows in the same order)."""
@@ -173,42 +199,44 @@ def aggregate(calls: Iterable[Call]) -> list[tuple[datetime, tuple[str, ...], li
             ttft_ms,
             cost,
         ) = call[2 + n_keys :]
-        sums[_S["requests"]] += 1
+        sums[_REQUESTS] += 1
         if has_error:
-            sums[_S["errors"]] += 1
+            sums[_ERRORS] += 1
         if rate_limited:
-            sums[_S["rate_limited"]] += 1
+            sums[_RATE_LIMITED] += 1
         if retries:
-            sums[_S["retries"]] += retries  # as SUM(retries) over the raw rows
+            sums[_RETRIES] += retries  # as SUM(retries) over the raw rows
             if retries > 0:
-                sums[_S["retried"]] += 1
-        sums[_S["prompt_tokens"]] += prompt or 0
-        sums[_S["completion_tokens"]] += completion or 0
-        sums[_S["total_tokens"]] += total or 0
-        sums[_S["cache_read_tokens"]] += cache_read or 0
-        sums[_S["cache_write_tokens"]] += cache_write or 0
-        sums[_S["reasoning_tokens"]] += reasoning or 0
+                sums[_RETRIED] += 1
+        sums[_PROMPT_TOKENS] += prompt or 0
+        sums[_COMPLETION_TOKENS] += completion or 0
+        sums[_TOTAL_TOKENS] += total or 0
+        sums[_CACHE_READ_TOKENS] += cache_read or 0
+        sums[_CACHE_WRITE_TOKENS] += cache_write or 0
+        sums[_REASONING_TOKENS] += reasoning or 0
         if cost is None:
-            sums[_S["unpriced"]] += 1
-            sums[_S["unpriced_tokens"]] += _tokens(prompt, completion, total)
+            sums[_UNPRICED] += 1
+            sums[_UNPRICED_TOKENS] += _tokens(prompt, completion, total)
         else:
-            sums[_S["priced"]] += 1
-            sums[_S["cost_nanos"]] += int(Decimal(cost) * _NANOS)
+            sums[_PRICED] += 1
+            sums[_COST_NANOS] += int(
+                cost.scaleb(9) if type(cost) is Decimal else Decimal(cost) * _NANOS
+            )
         if request_ms is not None:
-            sums[_S["latency_count"]] += 1
-            sums[_S["latency_sum_ms"]] += request_ms
+            sums[_LATENCY_COUNT] += 1
+            sums[_LATENCY_SUM_MS] += request_ms
             sums[_FIRST_BIN + latency_bin(request_ms)] += 1
             if request_ms > sums[_MAX]:
                 sums[_MAX] = request_ms
             if completion is not None and request_ms > 0:
-                sums[_S["tps_tokens"]] += completion
-                sums[_S["tps_ms"]] += request_ms
+                sums[_TPS_TOKENS] += completion
+                sums[_TPS_MS] += request_ms
         if total_ms is not None:
-            sums[_S["total_latency_count"]] += 1
-            sums[_S["total_latency_sum_ms"]] += total_ms
+            sums[_TOTAL_LATENCY_COUNT] += 1
+            sums[_TOTAL_LATENCY_SUM_MS] += total_ms
         if ttft_ms is not None:
-            sums[_S["ttft_count"]] += 1
-            sums[_S["ttft_sum_ms"]] += ttft_ms
+            sums[_TTFT_COUNT] += 1
+            sums[_TTFT_SUM_MS] += ttft_ms
     return [(hour, keys, sums) for (hour, keys), sums in sorted(groups.items())]
 
 

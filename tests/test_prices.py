@@ -764,3 +764,32 @@ def test_cli_prices_needs_an_action_and_a_known_format(capsys: pytest.CaptureFix
     assert main(["prices"]) == 2
     assert main(["prices", "list", "--url", "sqlite:///x.db", "--format", "xml"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_the_integer_cost_path_equals_the_decimal_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Price.cost() adds whole pico-dollars when the rates allow (fast); it must give the
+    very Decimal the exact Decimal arithmetic gives, digits and exponent alike."""
+    import random
+
+    import eventlog.prices as prices_module
+
+    rng = random.Random(7)
+    cases = []
+    for price in PriceBook.default().prices:
+        for _ in range(40):
+            prompt = rng.randrange(0, 400_000)
+            completion = rng.randrange(0, 20_000)
+            read = rng.randrange(0, prompt + 1)
+            write = rng.randrange(0, prompt - read + 1)
+            counts = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "cache_read_tokens": read,
+                "cache_write_tokens": write,
+                "reasoning_tokens": rng.randrange(0, completion + 1),
+            }
+            cases.append((price, counts, price.cost(**counts)))
+    monkeypatch.setattr(prices_module, "_pico_rates", lambda rates, request: None)
+    for price, counts, fast in cases:
+        exact = price.cost(**counts)
+        assert (fast, str(fast)) == (exact, str(exact)), (price.id, counts)
