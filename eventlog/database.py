@@ -26,7 +26,15 @@ from eventlog._log import logger
 from eventlog.codecs import RowEncoder, fast_encoder, row_encoder
 from eventlog.events import ENTRY_TYPES, EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
-from eventlog.rollup import Call, aggregate, call_from_row, upsert_statement
+from eventlog.rollup import (
+    Call,
+    Groups,
+    add_calls,
+    aggregate,
+    call_from_row,
+    sorted_rows,
+    upsert_statement,
+)
 from eventlog.rows import EVENT_COLUMNS, event_values, payload_values, workflow_params
 from eventlog.sanitize import MAX_JSON_BYTES
 from eventlog.statements import statements_for
@@ -328,10 +336,14 @@ class Database:
         events: list[list[Any]] = []
         workflow: dict[str, list[list[Any]]] = {}
         calls: list[Call] = []
+        groups: Groups = {}  # the rollup's sums, added a slice at a time
+        summed = 0
         repaired = 0
         prices = self._prices
         for i, entry in enumerate(entries):
             if i % _ENCODE_SLICE == _ENCODE_SLICE - 1:
+                add_calls(groups, calls[summed:])
+                summed = len(calls)
                 await asyncio.sleep(0)
             if isinstance(entry, (ProxyLogEvent, EventPayload)):
                 if isinstance(entry, ProxyLogEvent):
@@ -351,7 +363,10 @@ class Database:
             repaired += fixed
         rollup = None
         if calls and self._rollup_sql is not None:
-            rollup = _RollupBatch(calls, self._rollup_sql, self._rollup_delta_sql, self._hour)
+            add_calls(groups, calls[summed:])
+            rollup = _RollupBatch(
+                calls, groups, self._rollup_sql, self._rollup_delta_sql, self._hour
+            )
         return _Encoded(events, workflow, rollup, repaired)
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
@@ -408,12 +423,18 @@ class _RollupBatch:
     """A batch's LLM calls and the rollup increments they make, for the rows actually
     inserted (see :mod:`eventlog.rollup`)."""
 
-    __slots__ = ("_calls", "_hour", "delta_sql", "sql")
+    __slots__ = ("_calls", "_groups", "_hour", "delta_sql", "sql")
 
     def __init__(
-        self, calls: list[Call], sql: str, delta_sql: str | None, hour: Callable[[Any], Any]
+        self,
+        calls: list[Call],
+        groups: Groups,
+        sql: str,
+        delta_sql: str | None,
+        hour: Callable[[Any], Any],
     ) -> None:
         self._calls = calls
+        self._groups = groups  # the sums of every call, added up while encoding
         self.sql = sql
         self.delta_sql = delta_sql
         self._hour = hour
@@ -421,19 +442,19 @@ class _RollupBatch:
     def params(self, inserted: Collection[Any] | None = None) -> list[list[Any]]:
         """The upsert's rows for every call, or only for the calls whose ids were
         ``inserted`` (a repeated id counts once)."""
-        calls = self._calls
-        if inserted is not None:
-            # Ids as the database returns them (UUIDs) and as given (possibly text).
-            stored = {_id_key(i) for i in inserted}
-            seen: set[Any] = set()
-            kept = []
-            for call in calls:
-                key = _id_key(call[0])
-                if key in stored and key not in seen:
-                    seen.add(key)
-                    kept.append(call)
-            calls = kept
-        return [[self._hour(hour), *keys, *sums] for hour, keys, sums in aggregate(calls)]
+        if inserted is None:
+            rows = sorted_rows(self._groups)
+            return [[self._hour(hour), *keys, *sums] for hour, keys, sums in rows]
+        # Ids as the database returns them (UUIDs) and as given (possibly text).
+        stored = {_id_key(i) for i in inserted}
+        seen: set[Any] = set()
+        kept = []
+        for call in self._calls:
+            key = _id_key(call[0])
+            if key in stored and key not in seen:
+                seen.add(key)
+                kept.append(call)
+        return [[self._hour(hour), *keys, *sums] for hour, keys, sums in aggregate(kept)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ __all__ = [
     "SUM_COLUMNS",
     "Call",
     "RebuildResult",
+    "add_calls",
     "aggregate",
     "call_from_row",
     "delta_table_ddl",
@@ -62,6 +63,7 @@ __all__ = [
     "latency_bin",
     "rebuild",
     "rollup_key",
+    "sorted_rows",
     "upsert_statement",
 ]
 
@@ -172,10 +174,26 @@ _UNPRICED: Final = _S["unpriced"]
 _UNPRICED_TOKENS: Final = _S["unpriced_tokens"]
 
 
+Groups = dict[tuple[Any, ...], list[int]]
+"""Sums being added up: ``(hour, keys) -> sums in SUM_COLUMNS order``."""
+
+
 def aggregate(calls: Iterable[Call]) -> list[tuple[datetime, tuple[str, ...], list[int]]]:
     """Sum calls per hour and key: ``(hour, keys, sums in SUM_COLUMNS order)``, sorted
     by hour and keys (two writers then lock rollup rows in the same order)."""
-    groups: dict[tuple[Any, ...], list[int]] = {}
+    groups: Groups = {}
+    add_calls(groups, calls)
+    return sorted_rows(groups)
+
+
+def sorted_rows(groups: Groups) -> list[tuple[datetime, tuple[str, ...], list[int]]]:
+    """The rows of ``groups`` in hour and key order."""
+    return [(hour, keys, sums) for (hour, keys), sums in sorted(groups.items())]
+
+
+def add_calls(groups: Groups, calls: Iterable[Call]) -> None:
+    """Add ``calls`` to ``groups`` (the writer adds a batch a slice at a time, between
+    turns of the event loop)."""
     width = len(SUM_COLUMNS)
     n_keys = len(ROLLUP_KEYS)
     for call in calls:
@@ -237,7 +255,6 @@ def aggregate(calls: Iterable[Call]) -> list[tuple[datetime, tuple[str, ...], li
         if ttft_ms is not None:
             sums[_TTFT_COUNT] += 1
             sums[_TTFT_SUM_MS] += ttft_ms
-    return [(hour, keys, sums) for (hour, keys), sums in sorted(groups.items())]
 
 
 def _tokens(prompt: int | None, completion: int | None, total: int | None) -> int:
