@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
-from sqlalchemy import Select, delete, func, insert, inspect, select, update
+from sqlalchemy import Select, Table, delete, func, insert, inspect, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -49,6 +49,7 @@ __all__ = [
     "StoredDeadLetter",
     "count_dead_letters",
     "describe_error",
+    "table_failure",
     "list_dead_letter_files",
     "list_dead_letters",
     "retry_dead_letters",
@@ -376,20 +377,25 @@ async def _delete(db: Database, letter_id: uuid.UUID) -> None:
         raise await _failure(db, "removing a written dead letter", err) from err
 
 
-async def _failure(db: Database, doing: str, err: Exception) -> DatabaseError:
-    """The error to raise for ``err``; a missing table says to migrate."""
+async def table_failure(db: Database, table: Table, doing: str, err: Exception) -> DatabaseError:
+    """The error to raise for ``err`` met while ``doing`` something with ``table``: a
+    missing table says to migrate (eventlog's own tables come with its migrations)."""
     transient = is_transient(err)
-    if not transient and not await _table_exists(db):
+    if not transient and not await _table_exists(db, table):
         return DatabaseError(
-            f"{db.url} has no {_table.name} table yet: run `eventlog migrate` "
+            f"{db.url} has no {table.name} table yet: run `eventlog migrate` "
             "(or open_database(..., migrate=True)) to add it"
         )
     return DatabaseError(f"{doing} in {db.url} failed: {describe_error(err)}", transient=transient)
 
 
-async def _table_exists(db: Database) -> bool:
+async def _failure(db: Database, doing: str, err: Exception) -> DatabaseError:
+    return await table_failure(db, _table, doing, err)
+
+
+async def _table_exists(db: Database, table: Table) -> bool:
     def exists(conn: Connection) -> bool:
-        return inspect(conn).has_table(_table.name)
+        return inspect(conn).has_table(table.name)
 
     try:
         async with db.engine.connect() as conn:

@@ -63,6 +63,7 @@ from eventlog.events import (
     error_to_json,
 )
 from eventlog.ids import uuid7
+from eventlog.usage import read_tokens
 
 __all__ = [
     "SLOW_OPERATION_THRESHOLD",
@@ -562,21 +563,6 @@ class _SlowWarnings:
 _slow_warnings = _SlowWarnings()
 
 
-def _completion_tokens(response: JSON) -> int | None:
-    """Output tokens from an OpenAI (``completion_tokens``) or Anthropic/Responses
-    (``output_tokens``) ``usage``."""
-    if not isinstance(response, Mapping):
-        return None
-    usage = response.get("usage")
-    if not isinstance(usage, Mapping):
-        return None
-    for key in ("completion_tokens", "output_tokens"):
-        value = usage.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
 def _to_json(value: Any) -> JSON:
     """A pydantic model (an SDK's response object) as its JSON; anything else as is."""
     dump = getattr(value, "model_dump", None)
@@ -721,7 +707,7 @@ class LLMCall:
 
     def _event_metadata(self, latency: float) -> RequestMetadata:
         extra = dict(self._extra)
-        tokens = _completion_tokens(self.response)
+        tokens = read_tokens(self.response).completion  # the writer's counting rule
         if tokens is not None and latency > 0:
             extra["output_tokens_per_second"] = round(tokens / latency, 3)
         meta = self._metadata

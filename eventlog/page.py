@@ -82,25 +82,6 @@ COOKIE: Final = "eventlog_session"
 TABLES: Final = ("series", "models", "users", "applications", "errors", "runs")
 """What ``table=`` takes on ``/`` with ``format=csv``."""
 
-# UsageRow gains cost_usd, unpriced_requests and unpriced_tokens in schema 0004; the
-# page shows cost when the analytics layer it runs with has them.
-_USAGE_FIELDS: Final = frozenset(getattr(UsageRow, "__dataclass_fields__", {}))
-_HAS_COST: Final = "cost_usd" in _USAGE_FIELDS
-# UsageRow fields the CSV adds when stats_records() does not have them (yet).
-_USAGE_EXTRAS: Final = tuple(
-    name
-    for name in (
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "reasoning_tokens",
-        "cost_usd",
-        "priced_requests",
-        "unpriced_requests",
-        "unpriced_tokens",
-    )
-    if name in _USAGE_FIELDS
-)
-
 _BUCKETS: Final = ("auto", "minute", "hour", "day", "week", "month")
 _GROUP_TITLES: Final = {
     "model": "Model",
@@ -554,11 +535,7 @@ def _stats_rows(
 ) -> list[dict[str, Any]]:
     usage = stats.usage if pairs is None else [u for u, _ in pairs]
     latency = stats.latency if pairs is None else [lat for _, lat in pairs]
-    records = [analytics.flat_record(r) for r in analytics.stats_records(usage, latency)]
-    for record, row in zip(records, usage, strict=True):
-        for key in _USAGE_EXTRAS:
-            record.setdefault(key, _cost(row) if key == "cost_usd" else getattr(row, key))
-    return records
+    return [analytics.flat_record(r) for r in analytics.stats_records(usage, latency)]
 
 
 async def _csv_table(
@@ -714,16 +691,11 @@ def _money_tick(value: float) -> str:
 
 def _cost(row: UsageRow) -> Decimal | None:
     """The cost of the row's priced calls; None when none has a price (never $0)."""
-    value = getattr(row, "cost_usd", None)
-    if value is None or getattr(row, "priced_requests", 1) == 0:
-        return None
-    return Decimal(value)
+    return row.cost_usd if row.priced_requests else None
 
 
 def _unpriced(row: UsageRow) -> tuple[int, int]:
-    return int(getattr(row, "unpriced_requests", 0) or 0), int(
-        getattr(row, "unpriced_tokens", 0) or 0
-    )
+    return row.unpriced_requests, row.unpriced_tokens
 
 
 def _label(group: Mapping[str, str | None]) -> str:
@@ -762,7 +734,7 @@ def _latency_cell(value: int | None, approximate: bool) -> str:
 
 
 def _approximate(stats: LatencyStats) -> bool:
-    return bool(getattr(stats, "approximate", False))
+    return stats.approximate
 
 
 def _local(at: datetime, zone: tzinfo) -> datetime:
@@ -1004,18 +976,17 @@ def _cards(view: _View, data: _Data) -> str:
             f"{_e(_compact(use.prompt_tokens))} in · {_e(_compact(use.completion_tokens))} out",
         ),
     ]
-    if _HAS_COST:
-        cost = _cost(use)
-        unpriced, _ = _unpriced(use)
-        value = _e(_money(cost)) if cost is not None else '<span class="none">no price</span>'
-        if not use.requests:
-            value = _DASH
-        note = (
-            (f"+ {_e(_count(unpriced))} calls unpriced" if unpriced else "every call priced")
-            if use.requests
-            else ""
-        )
-        cards.append(card("cost", "Cost (USD)", value, note))
+    cost = _cost(use)
+    unpriced, _ = _unpriced(use)
+    value = _e(_money(cost)) if cost is not None else '<span class="none">no price</span>'
+    if not use.requests:
+        value = _DASH
+    note = (
+        (f"+ {_e(_count(unpriced))} calls unpriced" if unpriced else "every call priced")
+        if use.requests
+        else ""
+    )
+    cards.append(card("cost", "Cost (USD)", value, note))
     cards += [
         card(
             "p50",
@@ -1036,7 +1007,7 @@ def _cards(view: _View, data: _Data) -> str:
 
 
 def _unpriced_notice(data: _Data) -> str:
-    if not _HAS_COST or not data.total.usage:
+    if not data.total.usage:
         return ""
     calls, tokens = _unpriced(data.total.usage[0])
     if not calls:
@@ -1134,32 +1105,29 @@ def _charts(root: str, view: _View, data: _Data) -> str:
         ),
         panel("errors", "Errors", counts(lambda r: r.errors, "Errors", "No errors in this window")),
     ]
-    if _HAS_COST:
-        unpriced_by_bucket = [0] * n
-        for row in stats.usage:
-            unpriced_by_bucket[index[row.start]] += _unpriced(row)[0]
-        extra = [
-            f"{u:,} calls without a price, not counted" if u else "" for u in unpriced_by_bucket
-        ]
-        cost_chart = chart(
-            "bar",
-            title="Cost in USD",
-            axis=axis,
-            series=additive(lambda r: None if (c := _cost(r)) is None else float(c)),
-            fmt=lambda v: _money(v),
-            tick_fmt=_money_tick,
-            empty="No priced calls in this window",
-            tooltip_extra=extra,
-        )
-        panels += [
-            panel("cost", "Cost (USD)", cost_chart, " · calls without a price are left out"),
-            panel(
-                "tokens",
-                "Tokens",
-                counts(lambda r: r.total_tokens, "Tokens", "No token counts in this window"),
-                " · prompt and completion",
-            ),
-        ]
+    unpriced_by_bucket = [0] * n
+    for row in stats.usage:
+        unpriced_by_bucket[index[row.start]] += _unpriced(row)[0]
+    extra = [f"{u:,} calls without a price, not counted" if u else "" for u in unpriced_by_bucket]
+    cost_chart = chart(
+        "bar",
+        title="Cost in USD",
+        axis=axis,
+        series=additive(lambda r: None if (c := _cost(r)) is None else float(c)),
+        fmt=lambda v: _money(v),
+        tick_fmt=_money_tick,
+        empty="No priced calls in this window",
+        tooltip_extra=extra,
+    )
+    panels += [
+        panel("cost", "Cost (USD)", cost_chart, " · calls without a price are left out"),
+        panel(
+            "tokens",
+            "Tokens",
+            counts(lambda r: r.total_tokens, "Tokens", "No token counts in this window"),
+            " · prompt and completion",
+        ),
+    ]
     panels += [
         panel(
             "p50",
@@ -1192,7 +1160,7 @@ def _group_table(
     headers.append(("Calls", True) if compact else ("Requests", True))
     headers += [("Errors", True)] if compact else [("Errors", True), ("Error rate", True)]
     headers += [("Tokens", True)] if compact else [("Tokens in", True), ("Tokens out", True)]
-    headers += [("Cost", True)] if _HAS_COST else []
+    headers.append(("Cost", True))
     headers += [("p50", True), ("p95", True)] + ([] if compact else [("p99", True)])
     rows = []
     marked = False
@@ -1214,9 +1182,8 @@ def _group_table(
             cells.append(_count_cell(use.total_tokens))
         else:
             cells += [_count_cell(use.prompt_tokens), _count_cell(use.completion_tokens)]
-        if _HAS_COST:
-            cells.append(_cost_cell(use, compact=compact))
-            marked = marked or (compact and _cost(use) is not None and _unpriced(use)[0] > 0)
+        cells.append(_cost_cell(use, compact=compact))
+        marked = marked or (compact and _cost(use) is not None and _unpriced(use)[0] > 0)
         cells += [
             _latency_cell(lat.request.p50, approx),
             _latency_cell(lat.request.p95, approx),

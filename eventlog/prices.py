@@ -66,18 +66,17 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Final, Literal, get_args
 
-from sqlalchemy import inspect, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from eventlog.database import Database
-from eventlog.deadletters import describe_error
+from eventlog.deadletters import table_failure
 from eventlog.events import utc_now
 from eventlog.exceptions import DatabaseError, EventLogError
 from eventlog.schema import eventlog_prices as _table
-from eventlog.transient import is_transient
 
 __all__ = [
     "CSV_COLUMNS",
@@ -847,25 +846,7 @@ async def list_prices(db: Database | None, *, model: str | None = None) -> list[
 
 
 async def _failure(db: Database, doing: str, err: Exception) -> DatabaseError:
-    """The error to raise for ``err``; a missing table says to migrate."""
-    transient = is_transient(err)
-    if not transient and not await _table_exists(db):
-        return DatabaseError(
-            f"{db.url} has no {_table.name} table yet: run `eventlog migrate` "
-            "(or open_database(..., migrate=True)) to add it"
-        )
-    return DatabaseError(f"{doing} in {db.url} failed: {describe_error(err)}", transient=transient)
-
-
-async def _table_exists(db: Database) -> bool:
-    def exists(conn: Connection) -> bool:
-        return inspect(conn).has_table(_table.name)
-
-    try:
-        async with db.engine.connect() as conn:
-            return await conn.run_sync(exists)
-    except (SQLAlchemyError, OSError):
-        return True  # cannot tell: report the original error
+    return await table_failure(db, _table, doing, err)
 
 
 def price_from_row(row: Mapping[str, Any], where: str) -> Price:
