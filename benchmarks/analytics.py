@@ -33,7 +33,7 @@ d. the write path: ``--write-events`` pre-built calls (1,000 a second of traffic
    batch falls in one or two hours, as live traffic does) with fresh ids each run,
    written in batches of 1,000 with ``Database.concurrent_writes`` batches in flight,
    into an emptied scratch database, by the full writer, with the rollup off
-   (``db._rollup_sql = None``) and with the rollup and pricing off (``db._prices =
+   (``db._rollup = None``) and with the rollup and pricing off (``db._prices =
    None``), interleaved and rotated: A B C, B C A, C A B ...
 
 Also printed: the load's time, the PostgreSQL index sizes (BRIN and B-tree), the SQLite
@@ -106,7 +106,19 @@ EVENTLOG_TABLES: Final = (
     "chronicle_runs",
     "chronicle_steps",
     "eventlog_dead_letters",
+    "eventlog_rollup_active_users",
+    "eventlog_rollup_daily",
     "eventlog_rollup_hourly",
+    "eventlog_rollup_users_daily",
+    "eventlog_rollup_users_hourly",
+)
+STORAGE_TABLES: Final = (
+    "chronicle_events",
+    "eventlog_rollup_hourly",
+    "eventlog_rollup_daily",
+    "eventlog_rollup_users_daily",
+    "eventlog_rollup_users_hourly",
+    "eventlog_rollup_active_users",
 )
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _HOUR_US: Final = 3_600_000_000
@@ -627,7 +639,7 @@ class PostgresPlace(Place):
         started = time.perf_counter()
         name = db.engine.url.database or ""
         async with self._connect(name) as conn:
-            await conn.execute("VACUUM (ANALYZE) chronicle_events, eventlog_rollup_hourly")
+            await conn.execute(f"VACUUM (ANALYZE) {', '.join(STORAGE_TABLES)}")
         return time.perf_counter() - started
 
     async def storage(self, db: Database) -> dict[str, Any]:
@@ -641,12 +653,13 @@ class PostgresPlace(Place):
                 JOIN pg_class c ON c.oid = i.indexrelid
                 JOIN pg_am am ON am.oid = c.relam
                 JOIN pg_class t ON t.oid = i.indrelid
-                WHERE t.relname IN ('chronicle_events', 'eventlog_rollup_hourly')
+                WHERE t.relname = ANY($1::text[])
                 ORDER BY t.relname, c.relname
-                """
+                """,
+                list(STORAGE_TABLES),
             )
             tables = {}
-            for table in ("chronicle_events", "eventlog_rollup_hourly"):
+            for table in STORAGE_TABLES:
                 row = await conn.fetchrow(
                     "SELECT pg_relation_size($1::regclass) AS heap, "
                     "pg_table_size($1::regclass) AS with_toast, "
@@ -749,7 +762,7 @@ class SqlitePlace(Place):
             try:
                 rows = conn.execute(
                     "SELECT name, SUM(pgsize) FROM dbstat "
-                    "WHERE name LIKE 'chronicle_events%' OR name LIKE '%rollup_hourly%' "
+                    "WHERE name LIKE 'chronicle_events%' OR name LIKE '%rollup%' "
                     "OR name LIKE 'sqlite_autoindex_chronicle_events%' "
                     "GROUP BY name ORDER BY name"
                 ).fetchall()
@@ -1029,7 +1042,7 @@ async def measure_writes(place: Place, calls: Calls, args: argparse.Namespace) -
         for key in WRITE_VARIANTS:
             db = dbs[key] = await eventlog.open_database(place.url("write"), migrate=True)
             if key != "full":
-                db._rollup_sql = None
+                db._rollup = None
             if key == "bare":
                 db._prices = None
                 db._prices_loaded = float("inf")  # and never loaded
@@ -1060,10 +1073,15 @@ async def measure_writes(place: Place, calls: Calls, args: argparse.Namespace) -
         len({_rollup_key(e) for e in events[i : i + WRITE_BATCH]})
         for i in range(0, count, WRITE_BATCH)
     ]
+    user_keys = [
+        len({_user_key(e) for e in events[i : i + WRITE_BATCH]})
+        for i in range(0, count, WRITE_BATCH)
+    ]
     return {
         "events": count,
         "batch": WRITE_BATCH,
         "rollup_keys_per_batch": statistics.mean(keys),
+        "user_keys_per_batch": statistics.mean(user_keys),
         "variants": {key: summary(values) for key, values in rates.items()},
         "full_over_no_rollup": medians["full"] / medians["no_rollup"],
         "full_over_bare": medians["full"] / medians["bare"],
@@ -1073,7 +1091,7 @@ async def measure_writes(place: Place, calls: Calls, args: argparse.Namespace) -
 
 
 def _rollup_key(event: ProxyLogEvent) -> tuple[Any, ...]:
-    """The rollup row an LLM call adds to (see :mod:`eventlog.rollup`)."""
+    """The hourly rollup row an LLM call adds to (see :mod:`eventlog.rollup`)."""
     internal, meta = event.internal_metadata, event.metadata
     return (
         event.timestamp.replace(minute=0, second=0, microsecond=0),
@@ -1081,23 +1099,35 @@ def _rollup_key(event: ProxyLogEvent) -> tuple[Any, ...]:
         event.provider,
         meta.application,
         meta.environment,
-        internal.organization_id,
         internal.project_id,
+    )
+
+
+def _user_key(event: ProxyLogEvent) -> tuple[Any, ...]:
+    """The per-user daily rollup row an LLM call adds to."""
+    internal = event.internal_metadata
+    return (
+        _rollup_key(event)[1:],
+        event.timestamp.date(),
+        internal.organization_id,
         internal.user_id,
     )
 
 
 async def rollup_figures(db: Database) -> dict[str, Any]:
     async with db.engine.connect() as conn:
-        rows = (
-            await conn.execute(text("SELECT count(*) FROM eventlog_rollup_hourly"))
-        ).scalar_one()
+        tables = {
+            table: int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+            for table in STORAGE_TABLES[1:]
+        }
         hours = (
             await conn.execute(text("SELECT count(DISTINCT hour) FROM eventlog_rollup_hourly"))
         ).scalar_one()
+    rows = tables["eventlog_rollup_hourly"]
     events = await _llm_calls(db)
     return {
-        "rows": int(rows),
+        "rows": rows,
+        "tables": tables,
         "hours": int(hours),
         "events": events,
         "events_per_row": events / rows if rows else None,
@@ -1310,8 +1340,12 @@ def print_report(report: dict[str, Any]) -> None:
             ),
         )
     _line(
-        "  rollup rows upserted per batch of 1,000",
+        "  hourly rollup rows upserted per batch of 1,000",
         (_one(d["write"]["rollup_keys_per_batch"], ",.0f") for d in data),
+    )
+    _line(
+        "  per-user daily rows upserted per batch of 1,000",
+        (_one(d["write"]["user_keys_per_batch"], ",.0f") for d in data),
     )
     for field, label in (
         ("full_over_no_rollup", "  full / rollup off"),

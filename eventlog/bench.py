@@ -303,8 +303,9 @@ class _Workload:
         rng = self.rng
         provider, model = rng.choice(_MODELS)
         application = rng.choice(_APPLICATIONS)
-        user = f"user-{rng.randrange(5000):04d}"
-        org = f"org-{rng.randrange(40):02d}"
+        number = rng.randrange(5000)
+        user = f"user-{number:04d}"
+        org = f"org-{number % 40:02d}"  # a user belongs to one organization
         turns = rng.randint(2, 4)  # user / assistant messages after the system prompt
         share = 620 // turns
         messages = [{"role": "system", "content": self._text(340)}]

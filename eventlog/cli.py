@@ -668,11 +668,13 @@ def _add_maintenance_commands(commands: Any, database: argparse.ArgumentParser) 
     rollup_ = commands.add_parser(
         "rollup",
         parents=[database],
-        help="rebuild the hourly rollup from the raw rows",
-        description="eventlog_rollup_hourly sums LLM calls per hour and dimension; the "
-        "writer keeps it up to date. --rebuild recomputes it from chronicle_events (after "
-        "rows were imported or changed by other means), a day per transaction, holding "
-        "the writer's increments back while each day is rebuilt.",
+        help="rebuild the rollup from the raw rows",
+        description="The rollup tables (eventlog_rollup_hourly, _daily, _users_daily, "
+        "_users_hourly, _active_users) sum LLM calls per hour and day; the writer keeps "
+        "them up to date. --rebuild recomputes the hours of the window, and the days it "
+        "touches, from chronicle_events (after rows were imported or changed by other "
+        "means), a UTC day per transaction, holding the writer's increments back while "
+        "each day is rebuilt.",
     )
     rollup_.add_argument(
         "--rebuild", action="store_true", required=True, help="recompute the rollup"
@@ -1161,7 +1163,7 @@ def _print_stats(
         )
     if any(lat.request.approximate for lat in latency):
         console.print(
-            "percentiles from the hourly rollup: each is within 19 % (one histogram bin) "
+            "percentiles from the rollup: each is within 19 % (one histogram bin) "
             "of the exact value",
             highlight=False,
             soft_wrap=True,

@@ -26,15 +26,7 @@ from eventlog._log import logger
 from eventlog.codecs import RowEncoder, fast_encoder, row_encoder
 from eventlog.events import ENTRY_TYPES, EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
-from eventlog.rollup import (
-    Call,
-    Groups,
-    add_calls,
-    aggregate,
-    call_from_row,
-    sorted_rows,
-    upsert_statement,
-)
+from eventlog.rollup import Call, Increments, Target, add_calls, aggregate, call_from_row, targets
 from eventlog.rows import EVENT_COLUMNS, event_values, payload_values, workflow_params
 from eventlog.sanitize import MAX_JSON_BYTES
 from eventlog.statements import statements_for
@@ -207,12 +199,11 @@ class Database:
             cls: _compile(statement, engine, max_json_bytes)
             for cls, statement in statements.workflow.items()
         }
-        self._rollup_sql: str | None = upsert_statement(name).compile(dialect=engine.dialect).string
-        self._rollup_delta_sql = (
-            upsert_statement(name, from_delta=True).compile(dialect=engine.dialect).string
-            if name == "postgresql"
-            else None
-        )
+        self._rollup: tuple[Target, ...] | None = targets(engine.dialect)
+        # The (hour, keys, user) presence rows this writer has committed: not written
+        # again (insert-or-ignore would find them), so the users' hourly table costs
+        # nothing once an hour's users are in. Bounded: cleared when it grows large.
+        self._seen_users: set[Any] = set()
         self._hour = codecs.time_encoder(name)
         self._prices: PriceBook | None = None
         self._prices_loaded = -_PRICES_REFRESH
@@ -277,6 +268,7 @@ class Database:
                 await self._sqlite.write_batch(
                     encoded.events, self._insert_events.sql, encoded.workflow, encoded.rollup
                 )
+                self._remember(encoded.rollup)
             return encoded.repaired
         async with self.engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
@@ -294,7 +286,15 @@ class Database:
                     encoded.workflow,
                     encoded.rollup,
                 )
+                self._remember(encoded.rollup)
         return encoded.repaired
+
+    def _remember(self, rollup: _RollupBatch | None) -> None:
+        """After a commit: the batch's users are in the users' hourly table."""
+        if rollup is not None:
+            if len(self._seen_users) > _SEEN_USERS_MAX:
+                self._seen_users.clear()
+            self._seen_users.update(rollup.seen)
 
     def _prices_stale(self) -> bool:
         """The user's prices are read again every minute, on the write's own connection,
@@ -336,13 +336,13 @@ class Database:
         events: list[list[Any]] = []
         workflow: dict[str, list[list[Any]]] = {}
         calls: list[Call] = []
-        groups: Groups = {}  # the rollup's sums, added a slice at a time
+        increments = Increments()  # the rollup's sums, added a slice at a time
         summed = 0
         repaired = 0
         prices = self._prices
         for i, entry in enumerate(entries):
             if i % _ENCODE_SLICE == _ENCODE_SLICE - 1:
-                add_calls(groups, calls[summed:])
+                add_calls(increments, calls[summed:])
                 summed = len(calls)
                 await asyncio.sleep(0)
             if isinstance(entry, (ProxyLogEvent, EventPayload)):
@@ -362,11 +362,9 @@ class Database:
                 workflow.setdefault(compiled.sql, []).append(row)
             repaired += fixed
         rollup = None
-        if calls and self._rollup_sql is not None:
-            add_calls(groups, calls[summed:])
-            rollup = _RollupBatch(
-                calls, groups, self._rollup_sql, self._rollup_delta_sql, self._hour
-            )
+        if calls and self._rollup is not None:
+            add_calls(increments, calls[summed:])
+            rollup = _RollupBatch(calls, increments, self._rollup, self._hour, self._seen_users)
         return _Encoded(events, workflow, rollup, repaired)
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
@@ -397,6 +395,7 @@ class Database:
 # Entries encoded between two yields to the event loop: ~1 ms of work for typical events.
 _ENCODE_SLICE = 100
 _PRICES_REFRESH = 60.0  # seconds between reads of the user's prices
+_SEEN_USERS_MAX = 200_000  # presence rows remembered (~40 MB at most)
 
 
 def _id_key(value: Any) -> Any:
@@ -423,38 +422,53 @@ class _RollupBatch:
     """A batch's LLM calls and the rollup increments they make, for the rows actually
     inserted (see :mod:`eventlog.rollup`)."""
 
-    __slots__ = ("_calls", "_groups", "_hour", "delta_sql", "sql")
+    __slots__ = ("_calls", "_hour", "_increments", "_known", "_targets")
 
     def __init__(
         self,
         calls: list[Call],
-        groups: Groups,
-        sql: str,
-        delta_sql: str | None,
+        increments: Increments,
+        targets: tuple[Target, ...],
         hour: Callable[[Any], Any],
+        known: set[Any],
     ) -> None:
         self._calls = calls
-        self._groups = groups  # the sums of every call, added up while encoding
-        self.sql = sql
-        self.delta_sql = delta_sql
+        self._increments = increments  # the sums of every call, added up while encoding
+        self._targets = targets
         self._hour = hour
+        self._known = known  # presence rows committed before
 
-    def params(self, inserted: Collection[Any] | None = None) -> list[list[Any]]:
-        """The upsert's rows for every call, or only for the calls whose ids were
-        ``inserted`` (a repeated id counts once)."""
+    @property
+    def seen(self) -> set[Any]:
+        """The batch's presence rows: (hour, keys and user) and (day, user)."""
+        return self._increments.seen | self._increments.active
+
+    def params(
+        self, inserted: Collection[Any] | None = None
+    ) -> list[tuple[Target, list[list[Any]]]]:
+        """Per rollup table, its statements and rows for every call, or only for the
+        calls whose ids were ``inserted`` (a repeated id counts once)."""
         if inserted is None:
-            rows = sorted_rows(self._groups)
-            return [[self._hour(hour), *keys, *sums] for hour, keys, sums in rows]
-        # Ids as the database returns them (UUIDs) and as given (possibly text).
-        stored = {_id_key(i) for i in inserted}
-        seen: set[Any] = set()
-        kept = []
-        for call in self._calls:
-            key = _id_key(call[0])
-            if key in stored and key not in seen:
-                seen.add(key)
-                kept.append(call)
-        return [[self._hour(hour), *keys, *sums] for hour, keys, sums in aggregate(kept)]
+            tables = self._increments.rows(skip_seen=self._known)
+        else:
+            # Ids as the database returns them (UUIDs) and as given (possibly text).
+            stored = {_id_key(i) for i in inserted}
+            seen: set[Any] = set()
+            kept = []
+            for call in self._calls:
+                key = _id_key(call[0])
+                if key in stored and key not in seen:
+                    seen.add(key)
+                    kept.append(call)
+            # Presence needs no care: insert-or-ignore, and true of every call.
+            tables = aggregate(kept)
+            tables[-2:] = self._increments.rows(skip_seen=self._known)[-2:]
+        encode = self._hour
+        return [
+            (target, [[encode(when), *keys, *sums] for when, keys, sums in rows])
+            for target, (_, rows) in zip(self._targets, tables, strict=True)
+            if rows
+        ]
 
 
 @dataclass(frozen=True, slots=True)

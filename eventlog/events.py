@@ -178,9 +178,7 @@ class ProxyLogEvent:
         if self.time_to_first_token is not None and not isinstance(
             self.time_to_first_token, timedelta
         ):
-            self.time_to_first_token = _as_duration(
-                "time_to_first_token", self.time_to_first_token
-            )
+            self.time_to_first_token = _as_duration("time_to_first_token", self.time_to_first_token)
         if self.total_latency is not None and not isinstance(self.total_latency, timedelta):
             self.total_latency = _as_duration("total_latency", self.total_latency)
         if isinstance(self.metadata, Mapping):

@@ -16,8 +16,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from eventlog.rollup import DELTA_TABLE, delta_table_ddl
-from eventlog.schema import eventlog_rollup_hourly
+from eventlog.rollup import Target
 
 __all__ = ["NOTIFY_CHANNEL", "Rollup", "fetch_prices", "write_batch"]
 
@@ -25,27 +24,31 @@ __all__ = ["NOTIFY_CHANNEL", "Rollup", "fetch_prices", "write_batch"]
 class Rollup(Protocol):
     """The rollup increments of a batch (see :mod:`eventlog.rollup`)."""
 
-    sql: str  # the upsert of one row of parameters
-    delta_sql: str | None  # PostgreSQL: the upsert of the rows of the delta table
-
-    def params(self, inserted: Collection[Any] | None = None) -> list[list[Any]]: ...
-
-
-_ROLLUP_COLUMNS = [c.name for c in eventlog_rollup_hourly.columns]
-_DELTA_DDL = delta_table_ddl()
+    def params(
+        self, inserted: Collection[Any] | None = None
+    ) -> list[tuple[Target, list[list[Any]]]]:
+        """Per rollup table with rows to add, its statements and rows: for every call
+        of the batch, or only for the calls whose ids were ``inserted``."""
+        ...
 
 
-async def _add_rollup(conn: asyncpg.Connection, rollup: Rollup, params: list[list[Any]]) -> None:
-    """Add a batch's increments: copied into the connection's delta table and upserted
-    by one statement (one execution per rollup row would cost three times as much)."""
-    if not params:
-        return
-    if rollup.delta_sql is None:
-        await conn.executemany(rollup.sql, params)
-        return
-    await conn.execute(_DELTA_DDL)
-    await conn.copy_records_to_table(DELTA_TABLE, records=params, columns=_ROLLUP_COLUMNS)
-    await conn.execute(rollup.delta_sql)
+async def _add_rollup(
+    conn: asyncpg.Connection, parts: list[tuple[Target, list[list[Any]]]]
+) -> None:
+    """Add a batch's increments: per table, copied into the connection's delta table
+    and upserted by one statement (one execution per rollup row would cost three times
+    as much)."""
+    ddl = [target.delta_ddl for target, params in parts if params and target.delta_ddl]
+    if ddl:
+        await conn.execute(";\n".join(ddl))  # one round trip for every delta table
+    for target, params in parts:
+        if not params:
+            continue
+        if target.delta is None or target.delta_sql is None:
+            await conn.executemany(target.sql, params)
+            continue
+        await conn.copy_records_to_table(target.delta, records=params, columns=list(target.columns))
+        await conn.execute(target.delta_sql)
 
 
 async def write_batch(
@@ -74,7 +77,7 @@ async def write_batch(
                     "chronicle_events", records=_paced(events), columns=list(columns)
                 )
                 if rollup is not None:  # COPY inserted every row
-                    await _add_rollup(conn, rollup, rollup.params())
+                    await _add_rollup(conn, rollup.params())
                 await _apply(conn, workflow)
                 await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(len(events)))
             return
@@ -86,7 +89,7 @@ async def write_batch(
                 await conn.executemany(insert_events, events)
             else:
                 inserted = await conn.fetchmany(f"{insert_events} RETURNING id", events)
-                await _add_rollup(conn, rollup, rollup.params({r[0] for r in inserted}))
+                await _add_rollup(conn, rollup.params({r[0] for r in inserted}))
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(len(events)))
         await _apply(conn, workflow)
 

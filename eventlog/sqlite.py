@@ -136,7 +136,8 @@ def _insert_events(
     conn.execute("SAVEPOINT eventlog_events")
     if conn.executemany(sql, events).rowcount == len(events):
         conn.execute("RELEASE eventlog_events")
-        conn.executemany(rollup.sql, rollup.params())
+        for target, params in rollup.params():
+            conn.executemany(target.sql, params)
         return
     conn.execute("ROLLBACK TO eventlog_events")
     conn.execute("RELEASE eventlog_events")
@@ -152,6 +153,5 @@ def _insert_events(
         if row[0] not in stored and row[0] not in fresh:
             fresh[row[0]] = row
     conn.executemany(sql, list(fresh.values()))
-    params = rollup.params(fresh.keys())
-    if params:
-        conn.executemany(rollup.sql, params)
+    for target, params in rollup.params(fresh.keys()):
+        conn.executemany(target.sql, params)

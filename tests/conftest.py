@@ -35,7 +35,11 @@ TABLES = (
     "chronicle_steps",
     "eventlog_dead_letters",
     "eventlog_prices",
+    "eventlog_rollup_active_users",
+    "eventlog_rollup_daily",
     "eventlog_rollup_hourly",
+    "eventlog_rollup_users_daily",
+    "eventlog_rollup_users_hourly",
 )
 
 

@@ -21,7 +21,15 @@ from eventlog.schema import include_object_for, metadata
 
 REPO = Path(__file__).resolve().parent.parent
 CHRONICLE_TABLES = {"chronicle_events", "chronicle_runs", "chronicle_steps"}
-TABLES = CHRONICLE_TABLES | {"eventlog_dead_letters", "eventlog_prices", "eventlog_rollup_hourly"}
+TABLES = CHRONICLE_TABLES | {
+    "eventlog_dead_letters",
+    "eventlog_prices",
+    "eventlog_rollup_active_users",
+    "eventlog_rollup_daily",
+    "eventlog_rollup_hourly",
+    "eventlog_rollup_users_daily",
+    "eventlog_rollup_users_hourly",
+}
 BIN = Path(sys.executable).parent
 
 
