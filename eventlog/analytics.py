@@ -455,14 +455,30 @@ def _epoch_us(db: Database, column: ColumnElement[Any]) -> ColumnElement[int]:
     return seconds * 1_000_000 + cast(func.substr(column, 21, 6), Integer)
 
 
-@functools.lru_cache(maxsize=64)
 def _utc_offsets(zone: tzinfo, start: datetime, end: datetime) -> tuple[tuple[datetime, int], ...]:
     """``(from, offset seconds)`` for each UTC offset ``zone`` has in ``[start, end)``:
     hourly probes, and a bisection to the second where the offset changes (a query asks
-    for the same window several times: remembered)."""
+    for the same window several times: remembered, for zones that can be)."""
     if isinstance(zone, timezone):  # UTC, or another fixed offset
         delta = zone.utcoffset(None)
         return ((start.replace(microsecond=0), int(delta.total_seconds())),)
+    try:
+        hash(zone)
+    except TypeError:  # some tzinfo classes (dateutil's) are not hashable
+        return _probe_offsets(zone, start, end)
+    return _cached_offsets(zone, start, end)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_offsets(
+    zone: tzinfo, start: datetime, end: datetime
+) -> tuple[tuple[datetime, int], ...]:
+    return _probe_offsets(zone, start, end)
+
+
+def _probe_offsets(
+    zone: tzinfo, start: datetime, end: datetime
+) -> tuple[tuple[datetime, int], ...]:
 
     def offset(at: datetime) -> int:
         delta = at.astimezone(zone).utcoffset()
@@ -542,8 +558,12 @@ class _Buckets:
     def from_sql(self, value: Any) -> int:
         """The key :meth:`key_sql` computed (a text prefix of the time on SQLite, a
         truncated time on PostgreSQL, or the key itself)."""
-        if isinstance(value, datetime):  # PostgreSQL's date_trunc: UTC wall time
-            return self.key(value.replace(tzinfo=UTC))
+        if isinstance(value, datetime):  # PostgreSQL's date_trunc: a UTC wall time
+            if self.size == "hour":
+                return int(value.replace(tzinfo=UTC).timestamp()) // 3600
+            if self.size == "day":
+                return (value.date() - _EPOCH_DAY).days
+            return value.year * 12 + value.month - 1
         if not isinstance(value, str):
             return int(value)
         if self.size == "hour":
@@ -800,6 +820,9 @@ async def _rows(
         statements = [statements]
     try:
         async with db.engine.connect() as conn:
+            if db.dialect == "postgresql" and len(statements) > 1:
+                # One snapshot for all (the sums and the users of one report).
+                await conn.execution_options(isolation_level="REPEATABLE READ")
             if db.dialect == "postgresql":
                 # These queries are short: compiling them to machine code (JIT, which
                 # PostgreSQL's cost estimate turns on for a million rows) costs more

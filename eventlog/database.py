@@ -26,7 +26,7 @@ from eventlog._log import logger
 from eventlog.codecs import RowEncoder, fast_encoder, row_encoder
 from eventlog.events import ENTRY_TYPES, EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
-from eventlog.rollup import Call, Increments, Target, add_calls, aggregate, call_from_row, targets
+from eventlog.rollup import Call, Increments, Target, add_calls, call_from_row, targets
 from eventlog.rows import EVENT_COLUMNS, event_values, payload_values, workflow_params
 from eventlog.sanitize import MAX_JSON_BYTES
 from eventlog.statements import statements_for
@@ -127,8 +127,17 @@ def _asyncpg_query(url: URL) -> URL:
 
 
 def _asyncpg_connect_args(url: URL) -> dict[str, Any]:
-    """The URL's (already checked) parameters as typed asyncpg.connect() arguments."""
-    return {key: _ASYNCPG_QUERY[key](str(value)) for key, value in url.query.items()}
+    """The URL's (already checked) parameters as typed asyncpg.connect() arguments.
+
+    asyncpg keeps prepared statements of up to 15 KiB by default; the writer's rollup
+    statement is 17 KiB (five tables, 101 columns each for two of them), and was
+    parsed and planned again for every batch: the limit is raised for it."""
+    args: dict[str, Any] = {"max_cacheable_statement_size": _MAX_CACHED_STATEMENT}
+    args.update((key, _ASYNCPG_QUERY[key](str(value))) for key, value in url.query.items())
+    return args
+
+
+_MAX_CACHED_STATEMENT = 64 * 1024
 
 
 def _is_memory(url: URL) -> bool:
@@ -422,7 +431,7 @@ class _RollupBatch:
     """A batch's LLM calls and the rollup increments they make, for the rows actually
     inserted (see :mod:`eventlog.rollup`)."""
 
-    __slots__ = ("_calls", "_hour", "_increments", "_known", "_targets")
+    __slots__ = ("_calls", "_hour", "_increments", "_known", "_targets", "seen")
 
     def __init__(
         self,
@@ -437,20 +446,17 @@ class _RollupBatch:
         self._targets = targets
         self._hour = hour
         self._known = known  # presence rows committed before
-
-    @property
-    def seen(self) -> set[Any]:
-        """The batch's presence rows: (hour, keys and user) and (day, user)."""
-        return self._increments.seen | self._increments.active
+        # The presence rows (hour, keys and user; day and user) of the calls written.
+        self.seen: set[Any] = set()
 
     def params(
         self, inserted: Collection[Any] | None = None
     ) -> list[tuple[Target, list[list[Any]]]]:
-        """Per rollup table, its statements and rows for every call, or only for the
-        calls whose ids were ``inserted`` (a repeated id counts once)."""
-        if inserted is None:
-            tables = self._increments.rows(skip_seen=self._known)
-        else:
+        """Every rollup table (in :data:`~eventlog.schema.ROLLUP_TABLES` order) with its
+        statements and rows for every call, or only for the calls whose ids were
+        ``inserted`` (a repeated id counts once); a table may have no rows."""
+        increments = self._increments
+        if inserted is not None:
             # Ids as the database returns them (UUIDs) and as given (possibly text).
             stored = {_id_key(i) for i in inserted}
             seen: set[Any] = set()
@@ -460,14 +466,14 @@ class _RollupBatch:
                 if key in stored and key not in seen:
                     seen.add(key)
                     kept.append(call)
-            # Presence needs no care: insert-or-ignore, and true of every call.
-            tables = aggregate(kept)
-            tables[-2:] = self._increments.rows(skip_seen=self._known)[-2:]
+            increments = Increments()
+            add_calls(increments, kept)
+        tables = increments.rows(skip_seen=self._known)
+        self.seen = increments.seen | increments.active
         encode = self._hour
         return [
             (target, [[encode(when), *keys, *sums] for when, keys, sums in rows])
             for target, (_, rows) in zip(self._targets, tables, strict=True)
-            if rows
         ]
 
 

@@ -15,8 +15,9 @@ from operator import itemgetter
 from typing import Any, Protocol
 
 import asyncpg
+import orjson
 
-from eventlog.rollup import Target
+from eventlog.rollup import Target, pg_upsert_all
 
 __all__ = ["NOTIFY_CHANNEL", "Rollup", "fetch_prices", "write_batch"]
 
@@ -27,28 +28,22 @@ class Rollup(Protocol):
     def params(
         self, inserted: Collection[Any] | None = None
     ) -> list[tuple[Target, list[list[Any]]]]:
-        """Per rollup table with rows to add, its statements and rows: for every call
-        of the batch, or only for the calls whose ids were ``inserted``."""
+        """Every rollup table, in order, with its statements and rows (maybe none): for
+        every call of the batch, or only for the calls whose ids were ``inserted``."""
         ...
+
+
+_UPSERT_ALL = pg_upsert_all()
 
 
 async def _add_rollup(
     conn: asyncpg.Connection, parts: list[tuple[Target, list[list[Any]]]]
 ) -> None:
-    """Add a batch's increments: per table, copied into the connection's delta table
-    and upserted by one statement (one execution per rollup row would cost three times
-    as much)."""
-    ddl = [target.delta_ddl for target, params in parts if params and target.delta_ddl]
-    if ddl:
-        await conn.execute(";\n".join(ddl))  # one round trip for every delta table
-    for target, params in parts:
-        if not params:
-            continue
-        if target.delta is None or target.delta_sql is None:
-            await conn.executemany(target.sql, params)
-            continue
-        await conn.copy_records_to_table(target.delta, records=params, columns=list(target.columns))
-        await conn.execute(target.delta_sql)
+    """Add a batch's increments to every rollup table with one statement, each table's
+    rows as one JSON array (see :func:`eventlog.rollup.pg_upsert_all`)."""
+    if not any(rows for _, rows in parts):
+        return
+    await conn.execute(_UPSERT_ALL, *(orjson.dumps(rows).decode() for _, rows in parts))
 
 
 async def write_batch(

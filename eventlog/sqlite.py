@@ -137,7 +137,8 @@ def _insert_events(
     if conn.executemany(sql, events).rowcount == len(events):
         conn.execute("RELEASE eventlog_events")
         for target, params in rollup.params():
-            conn.executemany(target.sql, params)
+            if params:
+                conn.executemany(target.sql, params)
         return
     conn.execute("ROLLBACK TO eventlog_events")
     conn.execute("RELEASE eventlog_events")
@@ -154,4 +155,5 @@ def _insert_events(
             fresh[row[0]] = row
     conn.executemany(sql, list(fresh.values()))
     for target, params in rollup.params(fresh.keys()):
-        conn.executemany(target.sql, params)
+        if params:
+            conn.executemany(target.sql, params)

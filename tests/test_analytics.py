@@ -15,7 +15,7 @@ import math
 import random
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -701,3 +701,159 @@ async def test_runs_carry_the_cost_of_their_calls_and_sort_by_it(db: Database) -
     assert listed[-1].unpriced_calls == 1
     with pytest.raises(ValueError, match=r"^order must be"):
         await an.list_runs(db, order="cheapest", **window)  # type: ignore[arg-type]
+
+
+# -- UTC buckets of a zone whose offset changed just before the window --------------------
+
+AZORES = ZoneInfo("Atlantic/Azores")  # UTC-1 in winter, UTC+0 from 2026-03-29 01:00 UTC
+
+
+def _azores_calls() -> list[ProxyLogEvent]:
+    """Calls around the Azores' move to UTC+0 and the month ends after it; some with no
+    latency."""
+    moments = [
+        datetime(2026, 3, 28, 23, 30, tzinfo=UTC),  # 22:30 on 03-28 there
+        datetime(2026, 3, 29, 0, 30, tzinfo=UTC),  # 23:30 on 03-28 there (UTC-1)
+        datetime(2026, 3, 29, 11, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 3, 29, 12, tzinfo=UTC),
+        datetime(2026, 3, 29, 12, 0, 0, 500_000, tzinfo=UTC),
+        datetime(2026, 3, 29, 15, 45, tzinfo=UTC),
+        datetime(2026, 3, 29, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 3, 30, tzinfo=UTC),
+        datetime(2026, 3, 30, 9, 10, tzinfo=UTC),
+        datetime(2026, 3, 30, 23, 30, tzinfo=UTC),
+        datetime(2026, 3, 31, tzinfo=UTC),
+        datetime(2026, 3, 31, 13, tzinfo=UTC),
+        datetime(2026, 3, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 4, 1, tzinfo=UTC),
+        datetime(2026, 4, 1, 0, 30, tzinfo=UTC),
+        datetime(2026, 4, 15, 12, tzinfo=UTC),
+        datetime(2026, 4, 30, 23, 59, 59, tzinfo=UTC),
+        datetime(2026, 5, 1, tzinfo=UTC),
+        datetime(2026, 5, 9, 23, tzinfo=UTC),
+        datetime(2026, 5, 10, tzinfo=UTC),  # the window's end: outside
+    ]
+    made = []
+    for i, at in enumerate(moments):
+        for k in range(1 + i % 3):
+            made.append(
+                ProxyLogEvent(
+                    timestamp=at,
+                    provider="openai",
+                    model=["gpt-4o", "mistral-large"][k % 2],
+                    latency=None if (i + k) % 4 == 1 else timedelta(milliseconds=100 + 37 * i + k),
+                    internal_metadata=InternalMetadata(user_id=USERS[(i + k) % 4]),
+                )
+            )
+    return made
+
+
+AZORES_CALLS = _azores_calls()
+
+
+def counts_in(start: datetime, end: datetime) -> tuple[int, int]:
+    """Calls of AZORES_CALLS in ``[start, end)``, and those of them with a latency."""
+    inside = [c for c in AZORES_CALLS if start <= c.timestamp < end]
+    return len(inside), sum(c.latency is not None for c in inside)
+
+
+@pytest.mark.parametrize("source", ["raw", "auto"])
+async def test_utc_months_and_days_of_a_zone_that_just_moved_to_utc_count_every_call(
+    db: Database, source: str
+) -> None:
+    await db.write_log_batch(AZORES_CALLS)
+
+    # Months: the window starts on 03-30, when the Azores are at UTC+0 (and stay so).
+    since, until = datetime(2026, 3, 30, tzinfo=UTC), datetime(2026, 5, 10, tzinfo=UTC)
+    months = [
+        (since, datetime(2026, 4, 1, tzinfo=UTC)),
+        (datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC)),
+        (datetime(2026, 5, 1, tzinfo=UTC), until),
+    ]
+    window: dict[str, Any] = {"since": since, "until": until, "tz": "Atlantic/Azores"}
+    rows = await an.usage(db, **window, bucket="month", source=source)
+    assert [(r.start, r.end) for r in rows] == months
+    assert [r.requests for r in rows] == [counts_in(*m)[0] for m in months]
+    assert [r.requests for r in rows] == [12, 8, 4]  # 03-30 and 03-31; April; May
+    assert sum(r.requests for r in rows) == counts_in(since, until)[0]
+    timed = await an.latency(db, **window, bucket="month", source=source)
+    assert [(r.start, r.end) for r in timed] == months
+    assert [r.request.count for r in timed] == [counts_in(*m)[1] for m in months]
+    # "auto" reads this long window's histograms from the rollup.
+    assert {r.request.approximate for r in timed} == {source == "auto"}
+
+    # Days: from noon on 03-29 (UTC+0 there since 01:00), the first day's calls from
+    # noon to midnight in the first bucket.
+    since, until = datetime(2026, 3, 29, 12, tzinfo=UTC), datetime(2026, 4, 2, 6, tzinfo=UTC)
+    days = [
+        (since, datetime(2026, 3, 30, tzinfo=UTC)),
+        (datetime(2026, 3, 30, tzinfo=UTC), datetime(2026, 3, 31, tzinfo=UTC)),
+        (datetime(2026, 3, 31, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)),
+        (datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 4, 2, tzinfo=UTC)),
+        (datetime(2026, 4, 2, tzinfo=UTC), until),
+    ]
+    window = {"since": since, "until": until, "tz": AZORES}
+    rows = await an.usage(db, **window, bucket="day", source=source)
+    assert [(r.start, r.end) for r in rows] == days
+    assert [r.requests for r in rows] == [counts_in(*d)[0] for d in days]
+    assert rows[0].requests == 7  # at 12:00, 12:00:00.5, 15:45 and 23:59:59.999999
+    assert rows[0].users == len(
+        {
+            c.internal_metadata.user_id
+            for c in AZORES_CALLS
+            if days[0][0] <= c.timestamp < days[0][1]
+        }
+        - {None}
+    )
+    timed = await an.latency(db, **window, bucket="day", source=source)
+    assert [(r.start, r.end) for r in timed] == days
+    assert [r.request.count for r in timed] == [counts_in(*d)[1] for d in days]
+    first = [ms(c.latency) for c in AZORES_CALLS if days[0][0] <= c.timestamp < days[0][1]]
+    assert timed[0].request == expected_latency([v for v in first if v is not None])
+
+
+# -- a tzinfo that cannot be hashed --------------------------------------------------------
+
+
+class UnhashablePlusTwo(tzinfo):
+    """UTC+2 all year, as a tzinfo class that is not hashable (as dateutil's are not)."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=2)
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "+02"
+
+
+@pytest.mark.parametrize("source", ["auto", "raw"])
+async def test_an_unhashable_tzinfo_buckets_like_the_same_fixed_offset(
+    loaded: Database, source: str
+) -> None:
+    zone = UnhashablePlusTwo()
+    with pytest.raises(TypeError):
+        hash(zone)
+    plus_two = timezone(timedelta(hours=2))
+    window: dict[str, Any] = {"since": SINCE, "until": UNTIL, "source": source}
+
+    rows = await an.usage(loaded, **window, bucket="day", tz=zone)
+
+    assert rows == await an.usage(loaded, **window, bucket="day", tz=plus_two)
+    # Local days start at 22:00 UTC; the first and last cut to the window.
+    starts = [SINCE, *(datetime(2026, 3, d, 22, tzinfo=UTC) for d in range(25, 31)), UNTIL]
+    assert [(r.start, r.end) for r in rows] == list(itertools.pairwise(starts))
+    for row in rows:
+        calls = [c for c in CALLS if row.start <= c.timestamp < row.end]
+        assert usage_fields(row) == expected_usage(calls)
+    assert sum(r.requests for r in rows) == len(CALLS)
+    by_model = await an.usage(loaded, **window, bucket="day", tz=zone, by="model")
+    assert by_model == await an.usage(loaded, **window, bucket="day", tz=plus_two, by="model")
+    timed = await an.latency(loaded, **window, bucket="day", tz=zone)
+    assert timed == await an.latency(loaded, **window, bucket="day", tz=plus_two)
+    assert [r.request.count for r in timed] == [
+        sum(c.latency is not None for c in CALLS if r.start <= c.timestamp < r.end) for r in timed
+    ]

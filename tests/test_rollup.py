@@ -21,7 +21,7 @@ import random
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ from eventlog import (
 from eventlog import analytics as an
 from eventlog.maintenance import prune
 from eventlog.migrate import downgrade, upgrade
+from eventlog.prices import Price, store_prices
+from eventlog.reprice import reprice
 from eventlog.rollup import rebuild
 from eventlog.schema import (
     LATENCY_BIN_EDGES,
@@ -1630,3 +1632,197 @@ async def test_a_rebuild_copes_with_a_call_stamped_in_the_year_9999(db: Database
     await write(db, [a_call(rng, START), a_call(rng, datetime(9999, 12, 31, 23, 30, tzinfo=UTC))])
     result = await rebuild(db, since=START)
     assert result.calls >= 1
+
+
+async def test_presence_rows_on_the_conflict_path_come_only_from_the_calls_inserted(
+    db: Database,
+) -> None:
+    # A call of ana is stored; then a batch holds a call with its id (another user and
+    # model: not stored, the first one is kept) and a new call of bo. Neither zed nor
+    # the other model may reach any rollup table, presence rows included.
+    stored = ProxyLogEvent(
+        timestamp=START + timedelta(hours=1, minutes=5),
+        provider="openai",
+        model="gpt-4o",
+        latency=timedelta(milliseconds=40),
+        internal_metadata=InternalMetadata(organization_id="org-1", user_id="ana"),
+    )
+    await write(db, [stored])
+    same_id = ProxyLogEvent(
+        id=stored.id,
+        timestamp=START + timedelta(hours=1, minutes=20),
+        provider="vllm",
+        model="house-model-7b",
+        latency=timedelta(milliseconds=50),
+        internal_metadata=InternalMetadata(organization_id="org-1", user_id="zed"),
+    )
+    new = ProxyLogEvent(
+        timestamp=START + timedelta(hours=2, minutes=3),
+        provider="openai",
+        model="gpt-4o",
+        latency=timedelta(milliseconds=60),
+        internal_metadata=InternalMetadata(organization_id="org-1", user_id="bo"),
+    )
+
+    await write(db, [same_id, new], size=2)  # a stored id: the conflict-safe path
+
+    assert await count_events(db) == 2
+    got = await assert_rollups_are_exact(db)
+    for name in (USERS_HOURLY, ACTIVE, USERS_DAILY):
+        users = {part(name, key, "user_id") for key in got[name]}
+        assert users == {"ana", "bo"}, name
+    assert set(got[USERS_HOURLY]) == {
+        (START + timedelta(hours=1), "gpt-4o", "openai", "", "", "", "ana"),
+        (START + timedelta(hours=2), "gpt-4o", "openai", "", "", "", "bo"),
+    }
+    assert set(got[ACTIVE]) == {(START, "ana"), (START, "bo")}
+    for name in MODEL_TABLES:
+        assert {part(name, key, "model") for key in got[name]} == {"gpt-4o"}, name
+
+    # zed's first real call, in the same hour and keys as the refused one: the writer
+    # must not take its presence rows for written already (and skip them).
+    later = ProxyLogEvent(
+        timestamp=START + timedelta(hours=1, minutes=40),
+        provider="vllm",
+        model="house-model-7b",
+        latency=timedelta(milliseconds=70),
+        internal_metadata=InternalMetadata(organization_id="org-1", user_id="zed"),
+    )
+    await write(db, [later])
+
+    got = await assert_rollups_are_exact(db)
+    assert (START + timedelta(hours=1), "house-model-7b", "vllm", "", "", "", "zed") in got[
+        USERS_HOURLY
+    ]
+    assert (START, "zed") in got[ACTIVE]
+
+
+# -- re-pricing a day that a prune cut through ---------------------------------------------
+
+HOUSE = "house-model-7b"  # no bundled price: the writer leaves its calls unpriced
+HOUSE_PRICE = Price(
+    id="ours/house-model-7b",
+    provider=None,
+    model=HOUSE,
+    pattern=None,
+    valid_from=date(2025, 1, 1),
+    input=Decimal("0.20"),
+    output=Decimal("0.60"),
+    request=Decimal("0.0001"),
+)
+CUT = START + timedelta(hours=5, minutes=30)  # within the first day, within an hour
+
+
+def house_calls() -> list[ProxyLogEvent]:
+    """Calls of a few users over two UTC days: mostly of the unpriced house model (with
+    tokens, without, failed), some of a priced one; each user on both sides of the cut,
+    some in the cut hour after the cut."""
+    rng = random.Random(41)
+    made = []
+    moments = [START + timedelta(seconds=rng.uniform(0, 2 * 86_400)) for _ in range(150)]
+    moments += [CUT + timedelta(minutes=m) for m in (0, 5, 17, 29)]  # the cut hour, after
+    moments += [CUT - timedelta(minutes=m) for m in (1, 20)]  # the cut hour, before
+    for i, at in enumerate(moments):
+        house = i % 5 != 0
+        response: Any = {
+            "usage": {
+                "prompt_tokens": rng.randrange(1, 5_000),
+                "completion_tokens": rng.randrange(0, 900),
+            }
+        }
+        if i % 13 == 3:
+            response = None  # no tokens: stays unpriced (unless failed)
+        made.append(
+            ProxyLogEvent(
+                timestamp=at,
+                provider="vllm" if house else "openai",
+                model=HOUSE if house else "gpt-4o",
+                response=response,
+                latency=timedelta(milliseconds=rng.randrange(20, 4_000)),
+                error={"type": "ServerError"} if i % 17 == 4 else None,
+                metadata=RequestMetadata(application=rng.choice(["chat", "search"])),
+                internal_metadata=InternalMetadata(
+                    organization_id=rng.choice(["org-1", None]),
+                    user_id=("ana", "bo", "cy", None)[i % 4],
+                ),
+            )
+        )
+    return made
+
+
+def nanos(cost: Any) -> int:
+    value = Decimal(cost) * 1_000_000_000
+    assert value == int(value)
+    return int(value)
+
+
+async def test_a_reprice_adjusts_the_user_rows_of_a_day_a_prune_cut_through(
+    db: Database,
+) -> None:
+    await write(db, house_calls())
+    kept = await assert_rollups_are_exact(db)
+    before = {row["id"]: row for row in await raw_rows(db)}
+    assert all(r["cost_usd"] is None for r in before.values() if r["model"] == HOUSE)
+    cut_day, next_day = START, START + timedelta(days=1)
+    await prune(db, older_than=CUT)
+    left = {row["id"] for row in await raw_rows(db)}
+    assert left == {i for i, r in before.items() if r["created_at"] >= CUT}
+    pruned = [r for i, r in before.items() if i not in left]
+    for user in ("ana", "bo", "cy"):  # each user has calls on both sides of the cut
+        assert any(r["user_id"] == user for r in pruned), user
+        assert any(
+            before[i]["user_id"] == user and before[i]["created_at"] < next_day for i in left
+        ), user
+
+    await store_prices(db, [HOUSE_PRICE])
+    await reprice(db, since=cut_day)
+
+    after = {row["id"]: row for row in await raw_rows(db)}
+    assert after.keys() == left
+    on_cut_day = [r for r in after.values() if r["created_at"] < next_day]
+    newly_priced = [r for r in on_cut_day if before[r["id"]]["cost_usd"] is None and r["cost_usd"]]
+    assert len(newly_priced) > 10  # the re-pricing changed the cut day's remaining calls
+    got = await stored_rollups(db)
+
+    # The whole rollup is what the writer would keep had the remaining calls been priced
+    # so from the start: the pruned calls as they were (unpriced), the others as now.
+    merged = [after.get(i, row) for i, row in before.items()]
+    assert_same(got, expected_rollup(merged))
+
+    # The cut day, by hand: the users' daily rows agree with the daily rows ...
+    def day_total(name: str, column: str) -> int:
+        return sum(s[column] for k, s in got[name].items() if k[0] == cut_day)
+
+    for column in ("requests", "cost_nanos", "priced", "unpriced", "unpriced_tokens"):
+        assert day_total(USERS_DAILY, column) == day_total(DAILY, column), column
+    assert day_total(USERS_DAILY, "cost_nanos") > 0
+    assert day_total(USERS_DAILY, "requests") == len(
+        [r for r in before.values() if r["created_at"] < next_day]
+    )
+    # ... and each user's cost is that of their remaining calls (the pruned ones were
+    # unpriced, and are still), their priced and unpriced calls moved by as many.
+    for user in ("", "ana", "bo", "cy"):
+        mine = [s for k, s in got[USERS_DAILY].items() if k[0] == cut_day and k[2] == user]
+        was = [s for k, s in kept[USERS_DAILY].items() if k[0] == cut_day and k[2] == user]
+        remaining = [r for r in on_cut_day if (r["user_id"] or "") == user]
+        gone = [r for r in pruned if (r["user_id"] or "") == user]
+        assert sum(s["cost_nanos"] for s in mine) == sum(
+            nanos(r["cost_usd"]) for r in gone + remaining if r["cost_usd"] is not None
+        ), user
+        priced = sum(r["cost_usd"] is not None for r in gone + remaining)
+        assert sum(s["priced"] for s in mine) == priced, user
+        assert sum(s["requests"] for s in mine) == sum(s["requests"] for s in was), user
+        assert sum(s["unpriced"] for s in mine) == len(gone) + len(remaining) - priced, user
+        moved = sum(
+            before[r["id"]]["cost_usd"] is None and r["cost_usd"] is not None for r in remaining
+        )
+        assert moved > 0, user
+        assert sum(s["priced"] for s in mine) - sum(s["priced"] for s in was) == moved, user
+        assert sum(s["unpriced"] for s in was) - sum(s["unpriced"] for s in mine) == moved, user
+
+    # The whole day after is exact from its raw rows, as before.
+    exact = expected_rollup(list(after.values()))
+    for name in TABLES:
+        assert {k: s for k, s in got[name].items() if k[0] >= next_day} == {
+            k: s for k, s in exact[name].items() if k[0] >= next_day
+        }, name

@@ -41,7 +41,9 @@ def test_other_schemes_name_the_supported_ones(url: str) -> None:
 
 def test_libpq_sslmode_and_connect_timeout_become_asyncpg_arguments() -> None:
     url = normalize_url("postgresql://u@h/db?sslmode=require&connect_timeout=5")
-    assert _asyncpg_connect_args(url) == {"ssl": "require", "timeout": 5.0}
+    args = _asyncpg_connect_args(url)
+    assert args.pop("max_cacheable_statement_size") >= 17 * 1024  # the rollup's statement
+    assert args == {"ssl": "require", "timeout": 5.0}
 
 
 @pytest.mark.parametrize(
