@@ -36,7 +36,7 @@ counted twice).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -576,7 +576,6 @@ async def _rebuild_chunk(
 ) -> tuple[int, int]:
     """Rebuild the hours ``[start, end)`` of ``day`` and that day's daily rows (its
     per-user rows only if ``users``: the whole day's raw rows are there)."""
-    events = chronicle_events.c
     day_end = day + _DAY
     # The deletes first: on SQLite they take the write lock, so no batch commits between
     # the reads below and the inserts.
@@ -596,28 +595,10 @@ async def _rebuild_chunk(
                 table.c[time] >= low, table.c[time] < high, *_where_model(table, model)
             )
         )
-    # Whether the call failed as SQL sees it (error IS NOT NULL), as the writer, the
-    # 0004 backfill and the raw reports count it: a JSON null imported by other means
-    # is an error there too. (And error bodies are not read and decoded for nothing.)
-    wanted = [
-        events.id,
-        events.created_at,
-        *(events.error.is_not(None) if name == "error" else events[name] for name in _ROW_FIELDS),
-    ]
-    low, high = (day, day_end) if users else (start, end)
-    query = select(*wanted, events.cost_usd).where(
-        events.event_type == LLM_CALL, events.created_at >= low, events.created_at < high
-    )
-    if model is not None:
-        query = query.where(events.model == model)
-    result = await conn.stream(query.execution_options(yield_per=5000))
     window = Increments()  # the hours being rebuilt
     whole_day = Increments()  # the day's per-user sums
     n_calls = 0
-    async for row in result:
-        fields = list(row[2:-1])
-        fields[_N_KEYS] = bool(fields[_N_KEYS])
-        call = (row[0], hour_of(row[1]), *fields, row[-1])
+    async for call in _stored_calls(conn, *((day, day_end) if users else (start, end)), model):
         add_calls(whole_day, (call,))
         if start <= call[1] < end:
             add_calls(window, (call,))
@@ -644,29 +625,39 @@ async def _rebuild_chunk(
     return len(written[0][1]), n_calls
 
 
-async def _user_sums(
-    conn: AsyncConnection, day: datetime, model: str | None
-) -> dict[tuple[datetime, tuple[str, ...]], list[int]]:
-    """The per-user sums of the raw calls of ``day`` still stored."""
+async def _stored_calls(
+    conn: AsyncConnection, start: datetime, end: datetime, model: str | None
+) -> AsyncIterator[Call]:
+    """The LLM calls stored in ``[start, end)`` (only ``model``'s when given), as the
+    rollup sees them."""
     events = chronicle_events.c
+    # Whether the call failed as SQL sees it (error IS NOT NULL), as the writer, the
+    # 0004 backfill and the raw reports count it: a JSON null imported by other means
+    # is an error there too. (And error bodies are not read and decoded for nothing.)
     wanted = [
         events.id,
         events.created_at,
         *(events.error.is_not(None) if name == "error" else events[name] for name in _ROW_FIELDS),
     ]
     query = select(*wanted, events.cost_usd).where(
-        events.event_type == LLM_CALL,
-        events.created_at >= day,
-        events.created_at < day + _DAY,
+        events.event_type == LLM_CALL, events.created_at >= start, events.created_at < end
     )
     if model is not None:
         query = query.where(events.model == model)
-    increments = Increments()
     result = await conn.stream(query.execution_options(yield_per=5000))
     async for row in result:
         fields = list(row[2:-1])
         fields[_N_KEYS] = bool(fields[_N_KEYS])
-        add_calls(increments, ((row[0], hour_of(row[1]), *fields, row[-1]),))
+        yield (row[0], hour_of(row[1]), *fields, row[-1])
+
+
+async def _user_sums(
+    conn: AsyncConnection, day: datetime, model: str | None
+) -> dict[tuple[datetime, tuple[str, ...]], list[int]]:
+    """The per-user sums of the raw calls of ``day`` still stored."""
+    increments = Increments()
+    async for call in _stored_calls(conn, day, day + _DAY, model):
+        add_calls(increments, (call,))
     return increments.users
 
 
