@@ -12,14 +12,21 @@ import logging
 import threading
 from typing import Any
 
-__all__ = ["in_own_logging", "logger", "mark_own_logging_thread"]
+__all__ = ["in_own_logging", "logger", "mark_own_logging_thread", "own_logging"]
 
-_local = threading.local()
+
+class _OwnLogging(threading.local):
+    active = False  # a class default: reading it needs no getattr fallback
+
+
+_local = _OwnLogging()
+own_logging = _local
+"""``own_logging.active``: :func:`in_own_logging` without a call, for ``send()``."""
 
 
 def in_own_logging() -> bool:
     """Whether this thread is inside one of eventlog's own logging calls."""
-    return getattr(_local, "active", False)
+    return _local.active
 
 
 def mark_own_logging_thread() -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from eventlog import context as _context
 from eventlog._checks import timeout as check_timeout
-from eventlog._log import in_own_logging, logger
+from eventlog._log import logger, own_logging
 from eventlog.events import ENTRY_TYPES, ProxyLogEntry
 from eventlog.records import entry_to_record
 from eventlog.stats import DROP_REASONS, LoggerStats
@@ -51,6 +51,7 @@ class LogSender:
         "__weakref__",
         "_batches",
         "_blocked",
+        "_check_room",
         "_clock",
         "_close_timeout",
         "_closed",
@@ -117,6 +118,11 @@ class LogSender:
         self._max_bytes = max_queue_bytes
         self._queued_bytes = 0  # JSON size of what is queued, kept with max_queue_bytes
         self._overflow: Overflow = overflow
+        # Whether send() must check for room (bounded, and not spilling to disk): read
+        # once here, not on every call.
+        self._check_room = (
+            max_queue is not None or max_queue_bytes is not None
+        ) and overflow != "spill"
         if high_water is None:
             high_water = DEFAULT_HIGH_WATER if max_queue is None else max(1, max_queue * 4 // 5)
         self._high_water = high_water
@@ -172,16 +178,12 @@ class LogSender:
                 return
         if _context.used:  # eventlog.run/step: fill run_id/step_id the entries leave unset
             _context.fill_entries(entry if message is None else message)
-        if in_own_logging():
+        if own_logging.active:
             self._drop("recursion", count)
             return
         size = 0 if self._max_bytes is None else _size_of(entry, message)
         with self._lock:
-            if self._closed or (
-                (self._max_queue is not None or self._max_bytes is not None)
-                and self._overflow != "spill"
-                and not self._fits(count, size)
-            ):
+            if self._closed or (self._check_room and not self._fits(count, size)):
                 accepted = False
             else:
                 accepted = True
