@@ -20,9 +20,10 @@ same on PostgreSQL and SQLite for the same data. Three rules make them the same:
   bucket. Buckets without rows are filled with zero rows.
 
 Only LLM calls (``event_type = 'chronicle_llm_request'``) count in :func:`usage` and
-:func:`latency`. The whole hours of longer windows are read from the hourly rollup (see
-:mod:`eventlog.rollup`), with the same results; percentiles over more than seven days
-come from its histogram, marked approximate.
+:func:`latency`. Longer windows are read from the rollup (see :mod:`eventlog.rollup`):
+whole UTC days from the daily tables, the other whole hours from the hourly ones, the
+partial hours at the ends from the raw rows, with the same results; percentiles over
+more than seven days come from its histogram, marked approximate.
 """
 
 from __future__ import annotations
@@ -1252,10 +1253,11 @@ async def usage(
     ``until`` defaults to ``now`` (the current time; pass it for repeatable windows).
     Bucketed results have a row for every bucket of the window and every group found,
     zeros where there were no calls; without ``by`` and ``bucket``, one total row.
-    ``source="auto"`` reads the whole hours of a window longer than
-    :data:`ROLLUP_MIN_WINDOW` from the hourly rollup and the partial hours at its ends
-    from the raw rows, when grouping and filters allow (``"raw"``/``"rollup"`` force a
-    side); the figures are the same either way.
+    ``source="auto"`` reads a window longer than :data:`ROLLUP_MIN_WINDOW` from the
+    rollup (whole UTC days from the daily tables, other whole hours from the hourly
+    one; organization and user from the per-user daily table) and the rest from the
+    raw rows, when grouping and filters allow (``"raw"``/``"rollup"`` force a side);
+    the figures are the same either way.
     ``ValueError`` names the argument that is wrong.
     """
     q = _query(db, since, until, by, bucket, tz, where or {}, now)
