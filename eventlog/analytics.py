@@ -74,6 +74,7 @@ from eventlog.rollup import latency_bin
 from eventlog.schema import (
     LATENCY_BIN_EDGES,
     ROLLUP_KEYS,
+    USAGE_SUM_COLUMNS,
     USER_ROLLUP_KEYS,
     chronicle_events,
     chronicle_runs,
@@ -815,10 +816,8 @@ async def _fetch_each(
 
 
 async def _rows(
-    db: Database, statements: Sequence[Select[Any]] | Select[Any], doing: str
+    db: Database, statements: Sequence[Select[Any]], doing: str
 ) -> list[Sequence[Row[Any]]]:
-    if not isinstance(statements, Sequence):
-        statements = [statements]
     try:
         async with db.engine.connect() as conn:
             if db.dialect == "postgresql" and len(statements) > 1:
@@ -1084,25 +1083,7 @@ def _check_source(source: str) -> Source:
     return source  # type: ignore[return-value]
 
 
-_USAGE_SUMS: Final = (
-    "requests",
-    "errors",
-    "rate_limited",
-    "retried",
-    "retries",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_nanos",
-    "priced",
-    "unpriced",
-    "unpriced_tokens",
-    "tps_tokens",
-    "tps_ms",
-)
+_USAGE_SUMS: Final = USAGE_SUM_COLUMNS  # what usage() sums: the per-user table's columns
 
 
 def _raw_usage_values() -> dict[str, ColumnElement[Any]]:

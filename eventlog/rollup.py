@@ -78,7 +78,6 @@ __all__ = [
     "RebuildResult",
     "Target",
     "add_calls",
-    "aggregate",
     "call_from_row",
     "day_of",
     "hour_of",
@@ -237,13 +236,6 @@ def _sorted(
     return [(when, keys, sums) for (when, keys), sums in sorted(groups.items())]
 
 
-def aggregate(calls: Iterable[Call]) -> RollupRows:
-    """The rollup rows of ``calls``, per table (see :meth:`Increments.rows`)."""
-    increments = Increments()
-    add_calls(increments, calls)
-    return increments.rows()
-
-
 def add_calls(increments: Increments, calls: Iterable[Call]) -> None:
     """Add ``calls`` to ``increments`` (the writer adds a batch a slice at a time, between
     turns of the event loop)."""
@@ -341,7 +333,6 @@ class Target:
     :func:`pg_upsert_all`)."""
 
     table: Table
-    columns: tuple[str, ...]
     sql: str
 
 
@@ -371,11 +362,7 @@ def targets(dialect: Any) -> tuple[Target, ...]:
     """The writer's statements for every rollup table, in :data:`ROLLUP_TABLES` order,
     compiled for the SQLAlchemy ``dialect``."""
     return tuple(
-        Target(
-            table,
-            tuple(c.name for c in table.columns),
-            upsert_statement(table, dialect.name).compile(dialect=dialect).string,
-        )
+        Target(table, upsert_statement(table, dialect.name).compile(dialect=dialect).string)
         for table in ROLLUP_TABLES
     )
 

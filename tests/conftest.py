@@ -23,24 +23,14 @@ from sqlalchemy.engine import make_url
 
 import eventlog
 from eventlog import Database
+from eventlog.schema import metadata
 
 POSTGRES_URL = os.environ.get(
     "EVENTLOG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_POSTGRES = os.environ.get("EVENTLOG_REQUIRE_POSTGRES") == "1"
 BACKENDS = ["sqlite", "postgresql"]
-TABLES = (
-    "chronicle_events",
-    "chronicle_runs",
-    "chronicle_steps",
-    "eventlog_dead_letters",
-    "eventlog_prices",
-    "eventlog_rollup_active_users",
-    "eventlog_rollup_daily",
-    "eventlog_rollup_hourly",
-    "eventlog_rollup_users_daily",
-    "eventlog_rollup_users_hourly",
-)
+TABLES = tuple(sorted(metadata.tables))  # every table eventlog creates: emptied per test
 
 
 def _asyncpg_dsn(url: str) -> str:
