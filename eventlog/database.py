@@ -10,7 +10,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -21,12 +21,12 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from eventlog import codecs, postgres, sqlite
+from eventlog import postgres, sqlite
 from eventlog._log import logger
 from eventlog.codecs import RowEncoder, fast_encoder, row_encoder
 from eventlog.events import ENTRY_TYPES, EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
-from eventlog.rollup import Call, Increments, Target, add_calls, call_from_row, targets
+from eventlog.rollup import LLM_CALL, batch_statements
 from eventlog.rows import EVENT_COLUMNS, event_values, payload_values, workflow_params
 from eventlog.sanitize import MAX_JSON_BYTES
 from eventlog.statements import statements_for
@@ -208,12 +208,9 @@ class Database:
             cls: _compile(statement, engine, max_json_bytes)
             for cls, statement in statements.workflow.items()
         }
-        self._rollup: tuple[Target, ...] | None = targets(engine.dialect)
-        # The (hour, keys, user) presence rows this writer has committed: not written
-        # again (insert-or-ignore would find them), so the users' hourly table costs
-        # nothing once an hour's users are in. Bounded: cleared when it grows large.
-        self._seen_users: set[Any] = set()
-        self._hour = codecs.time_encoder(name)
+        # The rollup's statements (see eventlog.rollup), run in each batch's transaction
+        # when the batch has LLM calls; None: the rollup is not kept.
+        self._rollup: tuple[str, ...] | None = batch_statements(name)
         self._prices: PriceBook | None = None
         self._prices_loaded = -_PRICES_REFRESH
         self._closed = False
@@ -275,9 +272,11 @@ class Database:
                 return None
             if encoded.events or encoded.workflow:
                 await self._sqlite.write_batch(
-                    encoded.events, self._insert_events.sql, encoded.workflow, encoded.rollup
+                    encoded.events,
+                    self._insert_events.sql,
+                    encoded.workflow,
+                    self._rollup if encoded.calls else None,
                 )
-                self._remember(encoded.rollup)
             return encoded.repaired
         async with self.engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
@@ -293,17 +292,10 @@ class Database:
                     EVENT_COLUMNS,
                     self._insert_events.sql,
                     encoded.workflow,
-                    encoded.rollup,
+                    self._rollup[0] if self._rollup and encoded.calls else None,
+                    encoded.calls,
                 )
-                self._remember(encoded.rollup)
         return encoded.repaired
-
-    def _remember(self, rollup: _RollupBatch | None) -> None:
-        """After a commit: the batch's users are in the users' hourly table."""
-        if rollup is not None:
-            if len(self._seen_users) > _SEEN_USERS_MAX:
-                self._seen_users.clear()
-            self._seen_users.update(rollup.seen)
 
     def _prices_stale(self) -> bool:
         """The user's prices are read again every minute, on the write's own connection,
@@ -338,21 +330,18 @@ class Database:
             logger.error("eventlog: cannot read the prices: %s: %s", type(err).__name__, err)
 
     async def _encode(self, entries: Sequence[ProxyLogEntry], *, checked: bool) -> _Encoded:
-        """Driver-ready rows, the LLM calls among them (for the rollup), and how many
-        entries had a value repaired; yields to the loop now and then, so a large batch
-        does not hold the application's event loop for its whole serialisation."""
+        """Driver-ready rows, the ids of the LLM calls among them (for the rollup), and
+        how many entries had a value repaired; yields to the loop now and then, so a
+        large batch does not hold the application's event loop for its whole
+        serialisation."""
         encode_event = self._insert_events.encode if checked else self._insert_events.fast
         events: list[list[Any]] = []
         workflow: dict[str, list[list[Any]]] = {}
-        calls: list[Call] = []
-        increments = Increments()  # the rollup's sums, added a slice at a time
-        summed = 0
+        calls: list[Any] = []
         repaired = 0
         prices = self._prices
         for i, entry in enumerate(entries):
             if i % _ENCODE_SLICE == _ENCODE_SLICE - 1:
-                add_calls(increments, calls[summed:])
-                summed = len(calls)
                 await asyncio.sleep(0)
             if isinstance(entry, (ProxyLogEvent, EventPayload)):
                 if isinstance(entry, ProxyLogEvent):
@@ -361,8 +350,8 @@ class Database:
                     values = payload_values(entry)
                 row, fixed = encode_event(values)
                 events.append(row)
-                if (call := call_from_row(values, row)) is not None:
-                    calls.append(call)
+                if values[_EVENT_TYPE] == LLM_CALL:
+                    calls.append(row[0])
             else:
                 compiled = self._workflow[_workflow_class(entry)]
                 params = workflow_params(entry)
@@ -370,11 +359,7 @@ class Database:
                 row, fixed = encode([params.get(name) for name in compiled.columns])
                 workflow.setdefault(compiled.sql, []).append(row)
             repaired += fixed
-        rollup = None
-        if calls and self._rollup is not None:
-            add_calls(increments, calls[summed:])
-            rollup = _RollupBatch(calls, increments, self._rollup, self._hour, self._seen_users)
-        return _Encoded(events, workflow, rollup, repaired)
+        return _Encoded(events, workflow, calls, repaired)
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Store entries the database refused in ``eventlog_dead_letters``, in one
@@ -404,17 +389,7 @@ class Database:
 # Entries encoded between two yields to the event loop: ~1 ms of work for typical events.
 _ENCODE_SLICE = 100
 _PRICES_REFRESH = 60.0  # seconds between reads of the user's prices
-_SEEN_USERS_MAX = 200_000  # presence rows remembered (~40 MB at most)
-
-
-def _id_key(value: Any) -> Any:
-    """An id compared by value: ``"01A2..."`` and ``UUID("01a2...")`` are one id."""
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        return value
+_EVENT_TYPE = EVENT_COLUMNS.index("event_type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,58 +398,8 @@ class _Encoded:
 
     events: list[list[Any]]
     workflow: dict[str, list[list[Any]]]
-    rollup: _RollupBatch | None
+    calls: list[Any]  # the ids of the LLM calls among the events, for the rollup
     repaired: int
-
-
-class _RollupBatch:
-    """A batch's LLM calls and the rollup increments they make, for the rows actually
-    inserted (see :mod:`eventlog.rollup`)."""
-
-    __slots__ = ("_calls", "_hour", "_increments", "_known", "_targets", "seen")
-
-    def __init__(
-        self,
-        calls: list[Call],
-        increments: Increments,
-        targets: tuple[Target, ...],
-        hour: Callable[[Any], Any],
-        known: set[Any],
-    ) -> None:
-        self._calls = calls
-        self._increments = increments  # the sums of every call, added up while encoding
-        self._targets = targets
-        self._hour = hour
-        self._known = known  # presence rows committed before
-        # The presence rows (hour, keys and user; day and user) of the calls written.
-        self.seen: set[Any] = set()
-
-    def params(
-        self, inserted: Collection[Any] | None = None
-    ) -> list[tuple[Target, list[list[Any]]]]:
-        """Every rollup table (in :data:`~eventlog.schema.ROLLUP_TABLES` order) with its
-        statements and rows for every call, or only for the calls whose ids were
-        ``inserted`` (a repeated id counts once); a table may have no rows."""
-        increments = self._increments
-        if inserted is not None:
-            # Ids as the database returns them (UUIDs) and as given (possibly text).
-            stored = {_id_key(i) for i in inserted}
-            seen: set[Any] = set()
-            kept = []
-            for call in self._calls:
-                key = _id_key(call[0])
-                if key in stored and key not in seen:
-                    seen.add(key)
-                    kept.append(call)
-            increments = Increments()
-            add_calls(increments, kept)
-        tables = increments.rows(skip_seen=self._known)
-        self.seen = increments.seen | increments.active
-        encode = self._hour
-        return [
-            (target, [[encode(when), *keys, *sums] for when, keys, sums in rows])
-            for target, (_, rows) in zip(self._targets, tables, strict=True)
-        ]
 
 
 @dataclass(frozen=True, slots=True)

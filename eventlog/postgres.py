@@ -10,40 +10,13 @@ common case keeps COPY's speed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Sequence
 from operator import itemgetter
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
-import orjson
 
-from eventlog.rollup import Target, pg_upsert_all
-
-__all__ = ["NOTIFY_CHANNEL", "Rollup", "fetch_prices", "write_batch"]
-
-
-class Rollup(Protocol):
-    """The rollup increments of a batch (see :mod:`eventlog.rollup`)."""
-
-    def params(
-        self, inserted: Collection[Any] | None = None
-    ) -> list[tuple[Target, list[list[Any]]]]:
-        """Every rollup table, in order, with its statements and rows (maybe none): for
-        every call of the batch, or only for the calls whose ids were ``inserted``."""
-        ...
-
-
-_UPSERT_ALL = pg_upsert_all()
-
-
-async def _add_rollup(
-    conn: asyncpg.Connection, parts: list[tuple[Target, list[list[Any]]]]
-) -> None:
-    """Add a batch's increments to every rollup table with one statement, each table's
-    rows as one JSON array (see :func:`eventlog.rollup.pg_upsert_all`)."""
-    if not any(rows for _, rows in parts):
-        return
-    await conn.execute(_UPSERT_ALL, *(orjson.dumps(rows).decode() for _, rows in parts))
+__all__ = ["NOTIFY_CHANNEL", "fetch_prices", "write_batch"]
 
 
 async def write_batch(
@@ -52,10 +25,12 @@ async def write_batch(
     columns: Sequence[str],
     insert_events: str,
     workflow: dict[str, list[list[Any]]],
-    rollup: Rollup | None = None,
+    rollup: str | None = None,
+    calls: Sequence[Any] = (),
 ) -> None:
     """Write encoded event rows, run/step statements and the rollup's increments in one
-    transaction.
+    transaction: ``rollup`` (:func:`eventlog.rollup.batch_statements`) sums the rows of
+    the LLM ``calls`` (their ids) that the transaction inserted.
 
     Rows go in id order: two batches written at once that share ids (a re-sent event)
     then take their row locks in the same order and wait rather than deadlock; rollup
@@ -71,22 +46,29 @@ async def write_batch(
                 await conn.copy_records_to_table(
                     "chronicle_events", records=_paced(events), columns=list(columns)
                 )
-                if rollup is not None:  # COPY inserted every row
-                    await _add_rollup(conn, rollup.params())
-                await _apply(conn, workflow)
-                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(len(events)))
+                await _finish(conn, events, workflow, rollup, calls)
             return
         except asyncpg.UniqueViolationError:
             pass  # an id that is already stored: the conflict-safe path below
     async with conn.transaction():
         if events:
-            if rollup is None:
-                await conn.executemany(insert_events, events)
-            else:
-                inserted = await conn.fetchmany(f"{insert_events} RETURNING id", events)
-                await _add_rollup(conn, rollup.params({r[0] for r in inserted}))
-            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(len(events)))
-        await _apply(conn, workflow)
+            await conn.executemany(insert_events, events)
+        await _finish(conn, events, workflow, rollup, calls)
+
+
+async def _finish(
+    conn: asyncpg.Connection,
+    events: list[list[Any]],
+    workflow: dict[str, list[list[Any]]],
+    rollup: str | None,
+    calls: Sequence[Any],
+) -> None:
+    if rollup is not None and calls:
+        await conn.execute(rollup, calls)
+    for sql, params in workflow.items():
+        await conn.executemany(sql, params)
+    if events:
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(len(events)))
 
 
 # Rows asyncpg encodes between two turns of the event loop (~1 ms for 2.6 KB rows): one
@@ -113,8 +95,3 @@ async def fetch_prices(conn: asyncpg.Connection) -> list[dict[str, Any]] | Excep
 NOTIFY_CHANNEL = "eventlog_events"
 """Each batch with events notifies this channel on commit (payload: how many events were
 in the batch), so ``eventlog tail`` on PostgreSQL wakes when rows land instead of polling."""
-
-
-async def _apply(conn: asyncpg.Connection, workflow: dict[str, list[list[Any]]]) -> None:
-    for sql, params in workflow.items():
-        await conn.executemany(sql, params)

@@ -17,7 +17,6 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from eventlog.postgres import Rollup
 from eventlog.statements import SQLITE_MERGE_FUNCTION, merge_info_json
 
 __all__ = ["SQLiteWriter", "configure"]
@@ -56,10 +55,11 @@ class SQLiteWriter:
         events: list[list[Any]],
         insert_events: str,
         workflow: dict[str, list[list[Any]]],
-        rollup: Rollup | None = None,
+        rollup: tuple[str, ...] | None = None,
     ) -> None:
         """Write encoded event rows, run/step statements and the rollup's increments in
-        one transaction."""
+        one transaction: ``rollup`` (:func:`eventlog.rollup.batch_statements`) sums the
+        LLM calls the transaction inserted."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
             self._thread, self._write, events, insert_events, workflow, rollup
@@ -93,7 +93,7 @@ class SQLiteWriter:
         events: list[list[Any]],
         insert_events: str,
         workflow: dict[str, list[list[Any]]],
-        rollup: Rollup | None,
+        rollup: tuple[str, ...] | None,
     ) -> None:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
@@ -119,43 +119,17 @@ class SQLiteWriter:
             self._conn = None
 
 
-_IDS_PER_QUERY = 500
-
-
 def _insert_events(
-    conn: sqlite3.Connection, events: list[list[Any]], sql: str, rollup: Rollup | None
+    conn: sqlite3.Connection, events: list[list[Any]], sql: str, rollup: tuple[str, ...] | None
 ) -> None:
-    """Insert the rows (a stored id is skipped) and add the rollup's increments for
-    the rows inserted.
-
-    The common case inserts every row, which the row count shows. Otherwise the insert
-    is undone to a savepoint and done again without the ids already stored (this
-    connection holds the write lock, so no other writer can store one meanwhile).
-    """
+    """Insert the rows (a stored id is skipped) and add the LLM calls inserted to the
+    rollup: the rows whose rowid is above the highest before the insert (this connection
+    holds the write lock, so they are this insert's)."""
     if rollup is None:
         conn.executemany(sql, events)
         return
-    conn.execute("SAVEPOINT eventlog_events")
-    if conn.executemany(sql, events).rowcount == len(events):
-        conn.execute("RELEASE eventlog_events")
-        for target, params in rollup.params():
-            if params:
-                conn.executemany(target.sql, params)
-        return
-    conn.execute("ROLLBACK TO eventlog_events")
-    conn.execute("RELEASE eventlog_events")
-    stored: set[Any] = set()
-    ids = [row[0] for row in events]
-    for start in range(0, len(ids), _IDS_PER_QUERY):
-        chunk = ids[start : start + _IDS_PER_QUERY]
-        marks = ",".join("?" * len(chunk))
-        found = conn.execute(f"SELECT id FROM chronicle_events WHERE id IN ({marks})", chunk)
-        stored.update(row[0] for row in found)
-    fresh: dict[Any, list[Any]] = {}
-    for row in events:
-        if row[0] not in stored and row[0] not in fresh:
-            fresh[row[0]] = row
-    conn.executemany(sql, list(fresh.values()))
-    for target, params in rollup.params(fresh.keys()):
-        if params:
-            conn.executemany(target.sql, params)
+    before = conn.execute("SELECT max(rowid) FROM chronicle_events").fetchone()[0]
+    conn.executemany(sql, events)
+    params = {"before": before if before is not None else 0}
+    for statement in rollup:
+        conn.execute(statement, params)

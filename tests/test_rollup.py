@@ -621,6 +621,33 @@ async def test_an_id_twice_in_one_batch_is_stored_and_counted_once(db: Database)
         assert not any(part(name, key, "model") == "some-other-model" for key in got[name])
 
 
+async def test_a_cost_whose_float_is_not_whole_nanos_counts_the_same_everywhere(
+    db: Database,
+) -> None:
+    # SQLite keeps 0.000010124 as the float 1.0124e-05, which is 10123.99999999... nano-
+    # dollars: the writer's SQL and the rebuild both round it, as the raw reports do.
+    rng = random.Random(61)
+    made = []
+    for i, cost in enumerate(["0.000010124", "0.000010124", "0.1", "0.0123"]):
+        call = a_call(rng, START + timedelta(minutes=i))
+        call.model, call.provider = "gpt-4o", "openai"
+        call.response = {"usage": {"prompt_tokens": 3, "completion_tokens": 4, "cost": cost}}
+        call.response_meta = None
+        made.append(call)
+    await write(db, made)
+    kept = await assert_rollups_are_exact(db)
+    assert sum(s["cost_nanos"] for s in kept[HOURLY].values()) == 2 * 10_124 + 100_000_000 + (
+        12_300_000
+    )
+
+    async with db.engine.begin() as conn:
+        for name in TABLES:
+            await conn.exec_driver_sql(f"DELETE FROM {name}")
+    await rebuild(db)
+
+    assert await stored_rollups(db) == kept
+
+
 async def wait_for_lock_waiters(conn: asyncpg.Connection, n: int) -> None:
     """Until ``n`` other sessions of this database wait on a lock (no fixed sleep: the
     condition is polled, and the test fails if it never holds)."""
@@ -658,17 +685,18 @@ async def test_overlapping_batches_written_at_once_count_each_call_once(
         # Make the two transactions overlap for sure: hold the rollup, let both batches
         # insert as far as they can and wait (one on the rollup, the other on the first
         # one's rows), then let go. The second batch's COPY then fails on the shared
-        # ids and it is written again through INSERT ... RETURNING.
+        # ids and it is written again through INSERT ... ON CONFLICT DO NOTHING, whose
+        # rollup must count only the 100 rows it inserted.
         shared, only_a, only_b = calls(10, 150), calls(11, 100), calls(12, 100)
         returning: list[int] = []
-        fetchmany = asyncpg.Connection.fetchmany
+        executemany = asyncpg.Connection.executemany
 
         async def spy(self: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> Any:
-            if "RETURNING" in query:
+            if "INSERT INTO chronicle_events" in query:
                 returning.append(len(args[0]))
-            return await fetchmany(self, query, *args, **kwargs)
+            return await executemany(self, query, *args, **kwargs)
 
-        monkeypatch.setattr(asyncpg.Connection, "fetchmany", spy)
+        monkeypatch.setattr(asyncpg.Connection, "executemany", spy)
         holder = await raw_connection(db)
         try:
             lock = holder.transaction()
