@@ -130,7 +130,7 @@ def _asyncpg_connect_args(url: URL) -> dict[str, Any]:
     """The URL's (already checked) parameters as typed asyncpg.connect() arguments.
 
     asyncpg keeps prepared statements of up to 15 KiB by default; the writer's rollup
-    statement is 17 KiB (five tables, 101 columns each for two of them), and was
+    statement is 22 KiB (five tables, 101 columns each for two of them), and was
     parsed and planned again for every batch: the limit is raised for it."""
     args: dict[str, Any] = {"max_cacheable_statement_size": _MAX_CACHED_STATEMENT}
     args.update((key, _ASYNCPG_QUERY[key](str(value))) for key, value in url.query.items())
