@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -26,9 +27,10 @@ from eventlog._log import logger
 from eventlog.codecs import RowEncoder, fast_encoder, row_encoder
 from eventlog.events import ENTRY_TYPES, EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
-from eventlog.rollup import LLM_CALL, batch_statements
+from eventlog.rollup import LLM_CALL, batch_statements, hour_of
 from eventlog.rows import EVENT_COLUMNS, event_values, payload_values, workflow_params
 from eventlog.sanitize import MAX_JSON_BYTES
+from eventlog.schema import ROLLUP_KEYS
 from eventlog.statements import statements_for
 from eventlog.transient import is_transient
 from eventlog.types import json_dumps, json_loads
@@ -211,6 +213,12 @@ class Database:
         # The rollup's statements (see eventlog.rollup), run in each batch's transaction
         # when the batch has LLM calls; None: the rollup is not kept.
         self._rollup: tuple[str, ...] | None = batch_statements(name)
+        # The users' presence rows (hour, keys and user; day and user) this writer has
+        # committed. A call whose two rows are both here is left out of the presence
+        # tables' insert-or-ignore (which would only find them), so those tables cost
+        # next to nothing once an hour's users are in. Bounded: cleared when large.
+        self._seen_users: set[Any] = set()
+        self._presence_times = _sqlite_presence if name == "sqlite" else _pg_presence
         self._prices: PriceBook | None = None
         self._prices_loaded = -_PRICES_REFRESH
         self._closed = False
@@ -271,12 +279,14 @@ class Database:
             if only_if_repaired and not encoded.repaired:
                 return None
             if encoded.events or encoded.workflow:
-                await self._sqlite.write_batch(
+                every_row = await self._sqlite.write_batch(
                     encoded.events,
                     self._insert_events.sql,
                     encoded.workflow,
                     self._rollup if encoded.calls else None,
+                    len(encoded.fresh),
                 )
+                self._remember(encoded, every_row)
             return encoded.repaired
         async with self.engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
@@ -286,7 +296,7 @@ class Database:
             if only_if_repaired and not encoded.repaired:
                 return None
             if encoded.events or encoded.workflow:
-                await postgres.write_batch(
+                every_row = await postgres.write_batch(
                     driver,
                     encoded.events,
                     EVENT_COLUMNS,
@@ -294,8 +304,19 @@ class Database:
                     encoded.workflow,
                     self._rollup[0] if self._rollup and encoded.calls else None,
                     encoded.calls,
+                    encoded.fresh,
                 )
+                self._remember(encoded, every_row)
         return encoded.repaired
+
+    def _remember(self, encoded: _Encoded, every_row: bool) -> None:
+        """After a commit: the batch's presence rows are stored, if every row was
+        inserted (a call whose id was stored before adds none: which ones those were is
+        not known, so nothing is remembered)."""
+        if encoded.seen and every_row:
+            if len(self._seen_users) > _SEEN_USERS_MAX:
+                self._seen_users.clear()
+            self._seen_users.update(encoded.seen)
 
     def _prices_stale(self) -> bool:
         """The user's prices are read again every minute, on the write's own connection,
@@ -330,14 +351,23 @@ class Database:
             logger.error("eventlog: cannot read the prices: %s: %s", type(err).__name__, err)
 
     async def _encode(self, entries: Sequence[ProxyLogEntry], *, checked: bool) -> _Encoded:
-        """Driver-ready rows, the ids of the LLM calls among them (for the rollup), and
-        how many entries had a value repaired; yields to the loop now and then, so a
-        large batch does not hold the application's event loop for its whole
-        serialisation."""
+        """Driver-ready rows, the ids of the LLM calls among them (for the rollup) and of
+        those with presence rows not yet stored, and how many entries had a value
+        repaired; yields to the loop now and then, so a large batch does not hold the
+        application's event loop for its whole serialisation.
+
+        The calls with new presence rows come first among the rows: on SQLite the
+        rollup finds them as the rows inserted first.
+        """
         encode_event = self._insert_events.encode if checked else self._insert_events.fast
         events: list[list[Any]] = []
+        later: list[list[Any]] = []  # the rows after the calls with new presence rows
         workflow: dict[str, list[list[Any]]] = {}
         calls: list[Any] = []
+        fresh: list[Any] = []
+        seen: set[Any] = set()
+        known = self._seen_users
+        presence = self._presence_times if self._rollup is not None else None
         repaired = 0
         prices = self._prices
         for i, entry in enumerate(entries):
@@ -349,9 +379,19 @@ class Database:
                 else:
                     values = payload_values(entry)
                 row, fixed = encode_event(values)
-                events.append(row)
+                first = False
                 if values[_EVENT_TYPE] == LLM_CALL:
                     calls.append(row[0])
+                    if presence is not None and (user := row[_USER]):
+                        hour, day = presence(row[_CREATED_AT])
+                        by_hour = (hour, *[row[i] for i in _PRESENCE_KEYS], user)
+                        by_day = (day, user)
+                        if by_hour not in known or by_day not in known:
+                            fresh.append(row[0])
+                            seen.add(by_hour)
+                            seen.add(by_day)
+                            first = True
+                (events if first else later).append(row)
             else:
                 compiled = self._workflow[_workflow_class(entry)]
                 params = workflow_params(entry)
@@ -359,7 +399,8 @@ class Database:
                 row, fixed = encode([params.get(name) for name in compiled.columns])
                 workflow.setdefault(compiled.sql, []).append(row)
             repaired += fixed
-        return _Encoded(events, workflow, calls, repaired)
+        events.extend(later)
+        return _Encoded(events, workflow, calls, fresh, seen, repaired)
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Store entries the database refused in ``eventlog_dead_letters``, in one
@@ -389,7 +430,22 @@ class Database:
 # Entries encoded between two yields to the event loop: ~1 ms of work for typical events.
 _ENCODE_SLICE = 100
 _PRICES_REFRESH = 60.0  # seconds between reads of the user's prices
+_SEEN_USERS_MAX = 200_000  # presence rows remembered (~40 MB at most)
 _EVENT_TYPE = EVENT_COLUMNS.index("event_type")
+_CREATED_AT = EVENT_COLUMNS.index("created_at")
+_USER = EVENT_COLUMNS.index("user_id")
+_PRESENCE_KEYS = tuple(EVENT_COLUMNS.index(key) for key in ROLLUP_KEYS)
+
+
+def _sqlite_presence(created_at: str) -> tuple[str, str]:
+    """The hour and the day of an encoded time, as keys (SQLite: UTC text)."""
+    return created_at[:13], created_at[:10]
+
+
+def _pg_presence(created_at: datetime) -> tuple[datetime, date]:
+    """The hour and the day of an encoded time, as keys (PostgreSQL: a datetime)."""
+    hour = hour_of(created_at)
+    return hour, hour.date()
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +455,8 @@ class _Encoded:
     events: list[list[Any]]
     workflow: dict[str, list[list[Any]]]
     calls: list[Any]  # the ids of the LLM calls among the events, for the rollup
+    fresh: list[Any]  # the ids of the calls with presence rows not stored before
+    seen: set[Any]  # those presence rows, remembered once committed
     repaired: int
 
 

@@ -27,14 +27,18 @@ async def write_batch(
     workflow: dict[str, list[list[Any]]],
     rollup: str | None = None,
     calls: Sequence[Any] = (),
-) -> None:
+    fresh: Sequence[Any] = (),
+) -> bool:
     """Write encoded event rows, run/step statements and the rollup's increments in one
     transaction: ``rollup`` (:func:`eventlog.rollup.batch_statements`) sums the rows of
-    the LLM ``calls`` (their ids) that the transaction inserted.
+    the LLM ``calls`` (their ids) that the transaction inserted, and adds the presence
+    rows of those among the ``fresh`` ones.
 
     Rows go in id order: two batches written at once that share ids (a re-sent event)
     then take their row locks in the same order and wait rather than deadlock; rollup
     rows are locked in key order for the same reason.
+
+    Returns whether every event row was inserted (none was stored before).
     """
     if events:
         try:
@@ -46,14 +50,15 @@ async def write_batch(
                 await conn.copy_records_to_table(
                     "chronicle_events", records=_paced(events), columns=list(columns)
                 )
-                await _finish(conn, events, workflow, rollup, calls)
-            return
+                await _finish(conn, events, workflow, rollup, calls, fresh)
+            return True
         except asyncpg.UniqueViolationError:
             pass  # an id that is already stored: the conflict-safe path below
     async with conn.transaction():
         if events:
             await conn.executemany(insert_events, events)
-        await _finish(conn, events, workflow, rollup, calls)
+        await _finish(conn, events, workflow, rollup, calls, fresh)
+    return not events
 
 
 async def _finish(
@@ -62,9 +67,10 @@ async def _finish(
     workflow: dict[str, list[list[Any]]],
     rollup: str | None,
     calls: Sequence[Any],
+    fresh: Sequence[Any],
 ) -> None:
     if rollup is not None and calls:
-        await conn.execute(rollup, calls)
+        await conn.execute(rollup, calls, fresh)
     for sql, params in workflow.items():
         await conn.executemany(sql, params)
     if events:

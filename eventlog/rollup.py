@@ -369,6 +369,8 @@ def _calls_sql(dialect: str) -> str:
         # the table by the latency index and filter the ids (measured: 14 against 3 ms
         # for 1,000 calls among 20,000).
         where = "e.id = ANY($1::uuid[]) AND e.xmin = pg_current_xact_id()::xid"
+        # The calls whose presence rows the writer has not stored before.
+        fresh = "e.id = ANY($2::uuid[]) AS fresh"
     else:
         # The writer's own time text ("YYYY-MM-DD HH:MM:SS.ffffff", UTC), cut.
         hour = "substr(e.created_at, 1, 13) || ':00:00.000000'"
@@ -378,6 +380,7 @@ def _calls_sql(dialect: str) -> str:
         # SQLite gives an inserted row a rowid above every rowid there was, and the
         # writer holds the write lock from before the insert.
         where = "e.rowid > :before"
+        fresh = "e.rowid <= :fresh_until AS fresh"
     true, false = ("1", "0")
     flag = "CASE WHEN {} THEN 1 ELSE 0 END"
     priced = "e.cost_usd IS NOT NULL"
@@ -419,6 +422,7 @@ def _calls_sql(dialect: str) -> str:
         "e.total_latency_ms AS tl",
         "e.ttft_ms AS tf",
         f"{bin_} AS b",
+        fresh,
     ]
     if not pg:
         where += f" AND e.event_type = '{LLM_CALL}'"
@@ -509,7 +513,7 @@ def _users_sql(calls: str) -> str:
 
 def _seen_sql(table: Table, calls: str) -> str:
     keys = ", ".join(c.name for c in table.primary_key.columns)
-    return f"SELECT DISTINCT {keys} FROM {calls} WHERE user_id <> ''"
+    return f"SELECT DISTINCT {keys} FROM {calls} WHERE user_id <> '' AND fresh"
 
 
 _BATCH_TABLE: Final = "eventlog_batch_hourly"
@@ -520,12 +524,13 @@ def batch_statements(dialect: str) -> tuple[str, ...]:
     table, run in that transaction after the insert: the database sums the calls from
     the rows as stored, so the writer's process spends nothing on the rollup.
 
-    PostgreSQL: one statement of one parameter, the batch's LLM call ids (``uuid[]``);
-    it counts those rows whose ``xmin`` is the transaction's own, so a re-sent id that
-    was stored before adds nothing. SQLite: statements to run in turn with the named
-    parameter ``before``, the highest ``rowid`` of ``chronicle_events`` before the
-    insert; the hourly increments go through a temporary table, from which the daily
-    ones are summed.
+    PostgreSQL: one statement of two parameters, the batch's LLM call ids (``uuid[]``)
+    and those of them whose presence rows may be new; it counts those rows whose
+    ``xmin`` is the transaction's own, so a re-sent id that was stored before adds
+    nothing. SQLite: statements to run in turn with the named parameters ``before``,
+    the highest ``rowid`` of ``chronicle_events`` before the insert, and
+    ``fresh_until``, the highest rowid whose presence rows may be new; the hourly
+    increments go through a temporary table, from which the daily ones are summed.
     """
     if dialect not in ("postgresql", "sqlite"):
         raise ValueError(f"unsupported dialect {dialect!r}")

@@ -56,13 +56,15 @@ class SQLiteWriter:
         insert_events: str,
         workflow: dict[str, list[list[Any]]],
         rollup: tuple[str, ...] | None = None,
-    ) -> None:
+        fresh: int = 0,
+    ) -> bool:
         """Write encoded event rows, run/step statements and the rollup's increments in
         one transaction: ``rollup`` (:func:`eventlog.rollup.batch_statements`) sums the
-        LLM calls the transaction inserted."""
+        LLM calls the transaction inserted, and adds the presence rows of those among
+        the first ``fresh`` rows. Returns whether every event row was inserted."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self._thread, self._write, events, insert_events, workflow, rollup
+        return await loop.run_in_executor(
+            self._thread, self._write, events, insert_events, workflow, rollup, fresh
         )
 
     async def fetch_prices(self) -> list[dict[str, Any]] | Exception:
@@ -94,18 +96,21 @@ class SQLiteWriter:
         insert_events: str,
         workflow: dict[str, list[list[Any]]],
         rollup: tuple[str, ...] | None,
-    ) -> None:
+        fresh: int,
+    ) -> bool:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
+        every_row = True
         try:
             if events:
-                _insert_events(conn, events, insert_events, rollup)
+                every_row = _insert_events(conn, events, insert_events, rollup, fresh)
             for sql, params in workflow.items():
                 conn.executemany(sql, params)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        return every_row
 
     async def close(self) -> None:
         """Close the connection and end the thread; closing twice is harmless."""
@@ -120,16 +125,23 @@ class SQLiteWriter:
 
 
 def _insert_events(
-    conn: sqlite3.Connection, events: list[list[Any]], sql: str, rollup: tuple[str, ...] | None
-) -> None:
+    conn: sqlite3.Connection,
+    events: list[list[Any]],
+    sql: str,
+    rollup: tuple[str, ...] | None,
+    fresh: int,
+) -> bool:
     """Insert the rows (a stored id is skipped) and add the LLM calls inserted to the
     rollup: the rows whose rowid is above the highest before the insert (this connection
-    holds the write lock, so they are this insert's)."""
+    holds the write lock, so they are this insert's, numbered in order); the presence
+    rows of the first ``fresh`` (a skipped row moves the later ones down, never up).
+    Returns whether every row was inserted."""
     if rollup is None:
-        conn.executemany(sql, events)
-        return
+        return bool(conn.executemany(sql, events).rowcount == len(events))
     before = conn.execute("SELECT max(rowid) FROM chronicle_events").fetchone()[0]
-    conn.executemany(sql, events)
-    params = {"before": before if before is not None else 0}
+    every_row = conn.executemany(sql, events).rowcount == len(events)
+    before = before if before is not None else 0
+    params = {"before": before, "fresh_until": before + fresh}
     for statement in rollup:
         conn.execute(statement, params)
+    return bool(every_row)

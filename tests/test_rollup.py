@@ -740,6 +740,44 @@ async def test_presence_rows_of_the_same_users_in_later_batches_are_not_doubled(
     assert len(got[DAILY]) == 1
 
 
+async def test_presence_rows_skipped_by_the_writer_are_only_those_stored_before(
+    db: Database,
+) -> None:
+    # The writer leaves out of the presence tables the calls whose (hour, keys, user) and
+    # (day, user) it has stored: a call differing in any part of them must still be
+    # added, including one placed after a re-sent (skipped) call in its batch.
+    rng = random.Random(35)
+
+    def call(user: str, hour: int, model: str = "gpt-4o", day: int = 0) -> ProxyLogEvent:
+        made = a_call(rng, START + timedelta(days=day, hours=hour, minutes=rng.randrange(60)))
+        made.model, made.provider = model, "openai"
+        made.metadata = RequestMetadata(application="chat", environment="prod")
+        made.internal_metadata = InternalMetadata(project_id="p1", user_id=user)
+        return made
+
+    first = [call("ana", 0), call("bo", 0)]
+    await write(db, first)
+    await assert_rollups_are_exact(db)
+    second = [
+        call("ana", 0),  # both rows stored: skipped
+        first[0],  # a re-sent call: not inserted, and its rows stored
+        call("ana", 0, model="gpt-4o-mini"),  # a new hourly row, its day row stored
+        call("bo", 1),  # a new hour
+        call("cy", 0),  # a new user
+        call("bo", 0, day=1),  # a new day
+        call("ana", 0),
+    ]
+    await write(db, second, size=len(second))
+    got = await assert_rollups_are_exact(db)
+    assert len(got[USERS_HOURLY]) == 6
+    assert len(got[ACTIVE]) == 4
+    third = [first[1], second[4], call("dee", 2), call("bo", 1), call("ana", 0, day=1)]
+    await write(db, third, size=len(third))
+    got = await assert_rollups_are_exact(db)
+    assert len(got[USERS_HOURLY]) == 8
+    assert len(got[ACTIVE]) == 6
+
+
 # -- rebuild -----------------------------------------------------------------------------
 
 SPOILED_SUMS: dict[str, dict[str, Any]] = {
