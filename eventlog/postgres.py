@@ -10,6 +10,7 @@ common case keeps COPY's speed.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from operator import itemgetter
 from typing import Any
@@ -32,7 +33,8 @@ async def write_batch(
     """Write encoded event rows, run/step statements and the rollup's increments in one
     transaction: ``rollup`` (:func:`eventlog.rollup.batch_statements`) sums the rows of
     the LLM ``calls`` (their ids) that the transaction inserted, and adds the presence
-    rows of those among the ``fresh`` ones.
+    rows of those among the ``fresh`` ones. A COPY inserts every row or fails; the
+    conflict-safe path learns the ids it inserted from ``RETURNING``.
 
     Rows go in id order: two batches written at once that share ids (a re-sent event)
     then take their row locks in the same order and wait rather than deadlock; rollup
@@ -56,9 +58,25 @@ async def write_batch(
             pass  # an id that is already stored: the conflict-safe path below
     async with conn.transaction():
         if events:
-            await conn.executemany(insert_events, events)
+            if rollup is None or not calls:
+                await conn.executemany(insert_events, events)
+            else:
+                inserted = await conn.fetchmany(f"{insert_events} RETURNING id", events)
+                stored = {_id_key(row[0]) for row in inserted}
+                calls = [i for i in calls if _id_key(i) in stored]
+                fresh = [i for i in fresh if _id_key(i) in stored]
         await _finish(conn, events, workflow, rollup, calls, fresh)
     return not events
+
+
+def _id_key(value: Any) -> Any:
+    """An id compared by value: ``"01A2..."`` and ``UUID("01a2...")`` are one id."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return value
 
 
 async def _finish(

@@ -685,18 +685,18 @@ async def test_overlapping_batches_written_at_once_count_each_call_once(
         # Make the two transactions overlap for sure: hold the rollup, let both batches
         # insert as far as they can and wait (one on the rollup, the other on the first
         # one's rows), then let go. The second batch's COPY then fails on the shared
-        # ids and it is written again through INSERT ... ON CONFLICT DO NOTHING, whose
-        # rollup must count only the 100 rows it inserted.
+        # ids and it is written again through INSERT ... RETURNING, whose rollup must
+        # count only the 100 rows it inserted.
         shared, only_a, only_b = calls(10, 150), calls(11, 100), calls(12, 100)
         returning: list[int] = []
-        executemany = asyncpg.Connection.executemany
+        fetchmany = asyncpg.Connection.fetchmany
 
         async def spy(self: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> Any:
-            if "INSERT INTO chronicle_events" in query:
+            if "RETURNING" in query:
                 returning.append(len(args[0]))
-            return await executemany(self, query, *args, **kwargs)
+            return await fetchmany(self, query, *args, **kwargs)
 
-        monkeypatch.setattr(asyncpg.Connection, "executemany", spy)
+        monkeypatch.setattr(asyncpg.Connection, "fetchmany", spy)
         holder = await raw_connection(db)
         try:
             lock = holder.transaction()
