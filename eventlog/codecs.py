@@ -26,7 +26,7 @@ from eventlog.sanitize import (
 )
 from eventlog.types import JsonType, TagsType, UTCDateTime, UUIDType, json_dumps, json_loads
 
-__all__ = ["NeedsChecking", "RowEncoder", "fast_encoder", "row_encoder", "time_encoder"]
+__all__ = ["NeedsChecking", "RowEncoder", "fast_encoder", "row_encoder"]
 
 RowEncoder = Callable[[Sequence[Any]], tuple[list[Any], bool]]
 
@@ -40,11 +40,6 @@ def _sqlite_time(value: datetime) -> str:
     if value.tzinfo is not UTC:  # events hold UTC already, unless changed after creation
         value = value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
     return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
-
-
-def time_encoder(dialect: str) -> Callable[[datetime], Any]:
-    """How a UTC datetime is handed to the driver of ``dialect``."""
-    return _postgres_time if dialect == "postgresql" else _sqlite_time
 
 
 def _pg_tags(value: Any, column: str, repairs: list[str]) -> list[str]:

@@ -284,7 +284,7 @@ class Database:
                     self._insert_events.sql,
                     encoded.workflow,
                     self._rollup if encoded.calls else None,
-                    len(encoded.fresh),
+                    encoded.fresh,
                 )
                 self._remember(encoded, every_row)
             return encoded.repaired
@@ -354,14 +354,9 @@ class Database:
         """Driver-ready rows, the ids of the LLM calls among them (for the rollup) and of
         those with presence rows not yet stored, and how many entries had a value
         repaired; yields to the loop now and then, so a large batch does not hold the
-        application's event loop for its whole serialisation.
-
-        The calls with new presence rows come first among the rows: on SQLite the
-        rollup finds them as the rows inserted first.
-        """
+        application's event loop for its whole serialisation."""
         encode_event = self._insert_events.encode if checked else self._insert_events.fast
         events: list[list[Any]] = []
-        later: list[list[Any]] = []  # the rows after the calls with new presence rows
         workflow: dict[str, list[list[Any]]] = {}
         calls: list[Any] = []
         fresh: list[Any] = []
@@ -379,7 +374,7 @@ class Database:
                 else:
                     values = payload_values(entry)
                 row, fixed = encode_event(values)
-                first = False
+                events.append(row)
                 if values[_EVENT_TYPE] == LLM_CALL:
                     calls.append(row[0])
                     if presence is not None and (user := row[_USER]):
@@ -390,8 +385,6 @@ class Database:
                             fresh.append(row[0])
                             seen.add(by_hour)
                             seen.add(by_day)
-                            first = True
-                (events if first else later).append(row)
             else:
                 compiled = self._workflow[_workflow_class(entry)]
                 params = workflow_params(entry)
@@ -399,7 +392,6 @@ class Database:
                 row, fixed = encode([params.get(name) for name in compiled.columns])
                 workflow.setdefault(compiled.sql, []).append(row)
             repaired += fixed
-        events.extend(later)
         return _Encoded(events, workflow, calls, fresh, seen, repaired)
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from eventlog.rollup import LLM_CALL
+
 __all__ = ["NOTIFY_CHANNEL", "fetch_prices", "write_batch"]
 
 
@@ -61,8 +63,10 @@ async def write_batch(
             if rollup is None or not calls:
                 await conn.executemany(insert_events, events)
             else:
-                inserted = await conn.fetchmany(f"{insert_events} RETURNING id", events)
-                stored = {_id_key(row[0]) for row in inserted}
+                # The LLM calls among the rows inserted: an id stored as another kind of
+                # event (sent twice in the batch, say) is not a call.
+                inserted = await conn.fetchmany(f"{insert_events} RETURNING id, event_type", events)
+                stored = {_id_key(row[0]) for row in inserted if row[1] == LLM_CALL}
                 calls = [i for i in calls if _id_key(i) in stored]
                 fresh = [i for i in fresh if _id_key(i) in stored]
         await _finish(conn, events, workflow, rollup, calls, fresh)

@@ -107,7 +107,7 @@ assert _S["latency_sum_ms"] == _LATENCY_COUNT + 1
 assert _S["total_latency_sum_ms"] == _TOTAL_LATENCY_COUNT + 1
 assert _S["ttft_sum_ms"] == _TTFT_COUNT + 1
 
-# A call, as the rollup needs it: a tuple, built once per inserted LLM call.
+# A call, as the rollup's rebuild reads it from the stored rows: a tuple.
 #   (id, hour, model, provider, application, environment, project, organization, user,
 #    has_error, rate_limited, retries, prompt, completion, total, cache_read, cache_write,
 #    reasoning, request_ms, total_ms, ttft_ms, cost)
@@ -172,9 +172,10 @@ RollupRows = list[tuple[Table, list[tuple[datetime, tuple[str, ...], list[int]]]
 
 
 class Increments:
-    """A batch's rollup increments being added up (:func:`add_calls`): sums per hour and
-    :data:`~eventlog.schema.ROLLUP_KEYS`, usage sums per day, organization, user and
-    keys, the (hour, keys and user) seen and the (day, user) seen."""
+    """Rollup rows being added up from stored calls (:func:`add_calls`, for
+    :func:`rebuild`): sums per hour and :data:`~eventlog.schema.ROLLUP_KEYS`, usage sums
+    per day, organization, user and keys, the (hour, keys and user) seen and the (day,
+    user) seen."""
 
     __slots__ = ("active", "hourly", "seen", "users")
 
@@ -184,10 +185,9 @@ class Increments:
         self.seen: set[tuple[datetime, tuple[str, ...]]] = set()
         self.active: set[tuple[datetime, tuple[str, ...]]] = set()
 
-    def rows(self, *, skip_seen: Iterable[Any] = ()) -> RollupRows:
-        """The rows of every rollup table, each table's in key order (two writers then
-        lock rollup rows in the same order), tables in :data:`ROLLUP_TABLES` order;
-        without the presence rows in ``skip_seen`` (written before)."""
+    def rows(self) -> RollupRows:
+        """The rows of every rollup table, each table's in key order, tables in
+        :data:`ROLLUP_TABLES` order."""
         daily: dict[tuple[datetime, tuple[str, ...]], list[int]] = {}
         for (hour, keys), sums in self.hourly.items():
             key = (hour.replace(hour=0), keys)
@@ -199,8 +199,6 @@ class Increments:
                 if sums[_MAX] > into[_MAX]:
                     into[_MAX] = sums[_MAX]
         seen, active = self.seen, self.active
-        if skip_seen:
-            seen, active = seen.difference(skip_seen), active.difference(skip_seen)
         return [
             (eventlog_rollup_hourly, _sorted(self.hourly)),
             (eventlog_rollup_daily, _sorted(daily)),
@@ -217,8 +215,8 @@ def _sorted(
 
 
 def add_calls(increments: Increments, calls: Iterable[Call]) -> None:
-    """Add ``calls`` to ``increments`` (the writer adds a batch a slice at a time, between
-    turns of the event loop)."""
+    """Add ``calls`` to ``increments``: what the writer's SQL (:func:`batch_statements`)
+    adds for them, computed in Python by :func:`rebuild`."""
     width = len(SUM_COLUMNS)
     hourly, users = increments.hourly, increments.users
     seen, active = increments.seen, increments.active
@@ -365,9 +363,10 @@ def _calls_sql(dialect: str) -> str:
         edges = ",".join(map(str, LATENCY_BIN_EDGES))
         bin_ = f"width_bucket(e.request_latency_ms, '{{{edges}}}'::int[])"
         # The ids are those of LLM calls the transaction inserted (all of the batch's
-        # after a COPY, those RETURNING gave otherwise). Testing event_type as well lets
-        # the planner scan every call of the table by the latency index and filter the
-        # ids (measured: 14 against 3 ms for 1,000 calls among 20,000).
+        # after a COPY, those RETURNING gave as LLM calls otherwise), so event_type is
+        # not tested here: with it the planner scanned every call of the table by the
+        # latency index and filtered the ids (measured: 14 against 3 ms for 1,000
+        # calls among 20,000).
         where = "e.id = ANY($1::uuid[])"
         # The calls whose presence rows the writer has not stored before.
         fresh = "e.id = ANY($2::uuid[]) AS fresh"
@@ -380,7 +379,7 @@ def _calls_sql(dialect: str) -> str:
         # SQLite gives an inserted row a rowid above every rowid there was, and the
         # writer holds the write lock from before the insert.
         where = "e.rowid > :before"
-        fresh = "e.rowid <= :fresh_until AS fresh"
+        fresh = "e.id IN (SELECT value FROM json_each(:fresh)) AS fresh"
     true, false = ("1", "0")
     flag = "CASE WHEN {} THEN 1 ELSE 0 END"
     priced = "e.cost_usd IS NOT NULL"
@@ -406,8 +405,10 @@ def _calls_sql(dialect: str) -> str:
         "priced": flag.format(priced),
         "unpriced": flag.format(f"NOT ({priced})"),
         "unpriced_tokens": (
-            f"CASE WHEN {priced} THEN 0 ELSE COALESCE(e.total_tokens, "
-            "COALESCE(e.prompt_tokens, 0) + COALESCE(e.completion_tokens, 0)) END"
+            # In 64 bits: two valid 32-bit counts may not add up in 32 (the checked
+            # encoder then stores no total).
+            f"CASE WHEN {priced} THEN 0 ELSE COALESCE(CAST(e.total_tokens AS BIGINT), "
+            "CAST(COALESCE(e.prompt_tokens, 0) AS BIGINT) + COALESCE(e.completion_tokens, 0)) END"
         ),
         "tps_tokens": f"CASE WHEN {tps} THEN e.completion_tokens ELSE {false} END",
         "tps_ms": f"CASE WHEN {tps} THEN e.request_latency_ms ELSE {false} END",
@@ -528,8 +529,8 @@ def batch_statements(dialect: str) -> tuple[str, ...]:
     the transaction inserted (not those of calls stored before, which a re-sent id
     would count again) and those of them whose presence rows may be new. SQLite:
     statements to run in turn with the named parameters ``before``, the highest
-    ``rowid`` of ``chronicle_events`` before the insert, and ``fresh_until``, the
-    highest rowid whose presence rows may be new; the hourly increments go through a
+    ``rowid`` of ``chronicle_events`` before the insert, and ``fresh``, a JSON array of
+    the ids whose presence rows may be new; the hourly increments go through a
     temporary table, from which the daily ones are summed.
     """
     if dialect not in ("postgresql", "sqlite"):

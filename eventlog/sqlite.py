@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import orjson
 
 from eventlog.statements import SQLITE_MERGE_FUNCTION, merge_info_json
 
@@ -56,12 +59,12 @@ class SQLiteWriter:
         insert_events: str,
         workflow: dict[str, list[list[Any]]],
         rollup: tuple[str, ...] | None = None,
-        fresh: int = 0,
+        fresh: Sequence[Any] = (),
     ) -> bool:
         """Write encoded event rows, run/step statements and the rollup's increments in
         one transaction: ``rollup`` (:func:`eventlog.rollup.batch_statements`) sums the
-        LLM calls the transaction inserted, and adds the presence rows of those among
-        the first ``fresh`` rows. Returns whether every event row was inserted."""
+        LLM calls the transaction inserted, and adds the presence rows of those whose ids
+        are ``fresh``. Returns whether every event row was inserted."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._thread, self._write, events, insert_events, workflow, rollup, fresh
@@ -96,7 +99,7 @@ class SQLiteWriter:
         insert_events: str,
         workflow: dict[str, list[list[Any]]],
         rollup: tuple[str, ...] | None,
-        fresh: int,
+        fresh: Sequence[Any],
     ) -> bool:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
@@ -129,19 +132,18 @@ def _insert_events(
     events: list[list[Any]],
     sql: str,
     rollup: tuple[str, ...] | None,
-    fresh: int,
+    fresh: Sequence[Any],
 ) -> bool:
     """Insert the rows (a stored id is skipped) and add the LLM calls inserted to the
     rollup: the rows whose rowid is above the highest before the insert (this connection
-    holds the write lock, so they are this insert's, numbered in order); the presence
-    rows of the first ``fresh`` (a skipped row moves the later ones down, never up).
-    Returns whether every row was inserted."""
+    holds the write lock, so they are this insert's); the presence rows of those whose
+    ids are ``fresh``. Returns whether every row was inserted."""
     if rollup is None:
         return bool(conn.executemany(sql, events).rowcount == len(events))
     before = conn.execute("SELECT max(rowid) FROM chronicle_events").fetchone()[0]
     every_row = conn.executemany(sql, events).rowcount == len(events)
     before = before if before is not None else 0
-    params = {"before": before, "fresh_until": before + fresh}
+    params = {"before": before, "fresh": orjson.dumps(list(fresh)).decode()}
     for statement in rollup:
         conn.execute(statement, params)
     return bool(every_row)

@@ -20,6 +20,7 @@ import os
 import random
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -619,6 +620,75 @@ async def test_an_id_twice_in_one_batch_is_stored_and_counted_once(db: Database)
         assert sum(s["requests"] for s in got[name].values()) == len(batch), name
     for name in MODEL_TABLES:  # the first one is kept
         assert not any(part(name, key, "model") == "some-other-model" for key in got[name])
+
+
+async def test_the_first_of_two_calls_with_one_id_is_kept_whatever_their_users(
+    db: Database,
+) -> None:
+    # ana's presence rows are stored (and remembered by the writer); then one id twice
+    # in a batch, first as ana's call, then as zed's call of another model. The first
+    # is stored and counted, and zed reaches no rollup table.
+    known = ProxyLogEvent(
+        timestamp=START, model="gpt-4o", internal_metadata=InternalMetadata(user_id="ana")
+    )
+    await write(db, [known])
+    twin_id = uuid.uuid4()
+    first = ProxyLogEvent(
+        id=twin_id,
+        timestamp=START + timedelta(minutes=5),
+        model="gpt-4o",
+        internal_metadata=InternalMetadata(user_id="ana"),
+    )
+    second = ProxyLogEvent(
+        id=twin_id,
+        timestamp=START + timedelta(minutes=6),
+        model="some-other-model",
+        internal_metadata=InternalMetadata(user_id="zed"),
+    )
+
+    await write(db, [first, second])
+
+    rows = await raw_rows(db)
+    assert sorted((r["model"], r["user_id"]) for r in rows) == [("gpt-4o", "ana")] * 2
+    got = await assert_rollups_are_exact(db)
+    for name in (USERS_HOURLY, ACTIVE, USERS_DAILY):
+        assert {part(name, key, "user_id") for key in got[name]} == {"ana"}, name
+
+
+async def test_an_event_and_a_call_sharing_an_id_in_a_batch_count_no_call(db: Database) -> None:
+    # The generic event comes first and is stored; the call with its id is not, and
+    # must not be counted as one (on PostgreSQL the conflict path sees the id inserted).
+    shared = uuid.uuid4()
+    event = EventPayload(id=shared, type="cache_hit", time=START)
+    call = ProxyLogEvent(
+        id=shared, timestamp=START, model="gpt-4o", latency=timedelta(milliseconds=40)
+    )
+
+    await write(db, [event, call, *calls(62, 5)])
+
+    rows = await raw_rows(db)
+    assert sorted(r["event_type"] for r in rows) == ["cache_hit"] + ["chronicle_llm_request"] * 5
+    got = await assert_rollups_are_exact(db)
+    assert sum(s["requests"] for s in got[HOURLY].values()) == 5
+
+
+async def test_token_counts_whose_sum_overflows_32_bits_are_stored_and_summed(
+    db: Database,
+) -> None:
+    # Two valid 32-bit counts whose sum is not: the unpriced tokens are summed in 64
+    # bits by the writer's SQL, and the batch is written (PostgreSQL refused it once).
+    huge = ProxyLogEvent(
+        timestamp=START,
+        model="no-price-model-xyz",
+        response={"usage": {"prompt_tokens": 2_000_000_000, "completion_tokens": 2_000_000_000}},
+        latency=timedelta(milliseconds=10),
+    )
+    await write(db, [huge, *calls(63, 20)])
+
+    assert await count_events(db) == 21
+    got = await assert_rollups_are_exact(db)
+    unpriced = sum(s["unpriced_tokens"] for s in got[HOURLY].values())
+    assert unpriced >= 4_000_000_000
 
 
 async def test_a_cost_whose_float_is_not_whole_nanos_counts_the_same_everywhere(
