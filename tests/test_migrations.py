@@ -260,3 +260,31 @@ async def test_large_json_columns_use_lz4_on_postgresql(
     finally:
         await db.close()
     assert methods == {"chat_request": b"l", "chat_response": b"l", "model": b"\x00"}
+
+
+async def test_updated_rollup_tables_leave_room_for_hot_updates_on_postgresql(
+    fresh_url: Callable[[str], str],
+) -> None:
+    from sqlalchemy import text
+
+    query = text(
+        "SELECT relname, reloptions FROM pg_class WHERE relname LIKE 'eventlog_rollup_%' "
+        "AND relkind = 'r' ORDER BY relname"
+    )
+    db = await eventlog.open_database(fresh_url("postgresql"), migrate=True)
+    try:
+        async with db.engine.connect() as conn:
+            options = dict((await conn.execute(query)).all())
+        await downgrade(db.engine, "0005")
+        async with db.engine.connect() as conn:
+            after_downgrade = dict((await conn.execute(query)).all())
+    finally:
+        await db.close()
+    assert options == {
+        "eventlog_rollup_active_users": None,  # insert-only: no room needed
+        "eventlog_rollup_daily": ["fillfactor=60"],
+        "eventlog_rollup_hourly": ["fillfactor=60"],
+        "eventlog_rollup_users_daily": ["fillfactor=60"],
+        "eventlog_rollup_users_hourly": None,
+    }
+    assert set(after_downgrade.values()) == {None}
