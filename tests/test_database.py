@@ -514,6 +514,25 @@ async def test_hostile_strings_are_stored_verbatim(db: Database) -> None:
     assert (run["name"], run["tags"], run["info"]) == (nasty, [nasty], {nasty: 1})
 
 
+async def test_bodies_with_keys_that_are_not_text_are_stored_with_text_keys(
+    db: Database,
+) -> None:
+    # JSON keys are text: other keys are written as text (as orjson's OPT_NON_STR_KEYS
+    # does), including below a body whose other keys are text.
+    event = ProxyLogEvent(
+        request={"messages": [{"role": "user", "content": "hi"}], "logit_bias": {50256: -100}},
+        response={1: "one", "usage": {"prompt_tokens": 3}},
+    )
+    await log(db, [event])
+    (row,) = await rows(db, chronicle_events)
+    assert row["chat_request"] == {
+        "messages": [{"role": "user", "content": "hi"}],
+        "logit_bias": {"50256": -100},
+    }
+    assert row["chat_response"] == {"1": "one", "usage": {"prompt_tokens": 3}}
+    assert row["prompt_tokens"] == 3
+
+
 async def test_written_rows_answer_plain_sql_analytics(db: Database, backend: str) -> None:
     events = [
         llm_event(model=m, latency=ms / 1000, error=None if ok else {"message": "x"})
