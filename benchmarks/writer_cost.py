@@ -14,7 +14,7 @@ a bench database of its own (dropped at the end), interleaved each round:
 
 For each: median events/s, the ratio to the limit, and the CPU time per event of this
 process (``getrusage``: the application, eventlog's writer and, on SQLite, SQLite
-itself) and of the PostgreSQL server's processes (from ``/proc``: a server on this
+itself) and, on PostgreSQL, of the server's processes (from ``/proc``: a server on this
 machine). The limit's client figure includes serialising its rows before timing.
 
 A throwaway measurement in the repository so that the figures in ``RESULTS.md`` come from
@@ -76,6 +76,7 @@ async def measure(backend: Backend, rounds: int, events: int, pg_url: str) -> di
     rates: dict[str, list[float]] = {v: [] for v in _VARIANTS}
     client: dict[str, list[float]] = {v: [] for v in _VARIANTS}
     server: dict[str, list[float]] = {v: [] for v in _VARIANTS}
+    on_server = _server_cpu_seconds if backend == "postgresql" else lambda: 0.0
     async with _open_backend(backend, config) as bench:
         rollup = bench.db._rollup
         for key in ("limit", "eventlog"):  # warm up: connections, statements
@@ -83,11 +84,11 @@ async def measure(backend: Backend, rounds: int, events: int, pg_url: str) -> di
         for number in range(1, rounds + 1):
             for variant in _VARIANTS:
                 bench.db._rollup = None if variant == "no rollup" else rollup
-                c0, s0 = _client_cpu_seconds(), _server_cpu_seconds()
+                c0, s0 = _client_cpu_seconds(), on_server()
                 key = "limit" if variant == "limit" else "eventlog"
                 rates[variant].append(await _run_contender(bench, key, calls, failures))
                 client[variant].append((_client_cpu_seconds() - c0) / events * 1e6)
-                server[variant].append((_server_cpu_seconds() - s0) / events * 1e6)
+                server[variant].append((on_server() - s0) / events * 1e6)
             bench.db._rollup = rollup
             line = " · ".join(f"{v} {rates[v][-1]:,.0f}" for v in _VARIANTS)
             print(f"round {number}/{rounds} (events/s): {line}", flush=True)
@@ -99,7 +100,9 @@ async def measure(backend: Backend, rounds: int, events: int, pg_url: str) -> di
             "events_per_s": statistics.median(rates[variant]),
             "ratio_to_limit": statistics.median(rates[variant]) / limit,
             "client_cpu_us_per_event": statistics.median(client[variant]),
-            "server_cpu_us_per_event": statistics.median(server[variant]),
+            "server_cpu_us_per_event": (
+                statistics.median(server[variant]) if backend == "postgresql" else None
+            ),
         }
         for variant in _VARIANTS
     }
@@ -119,9 +122,11 @@ def main() -> None:
     print(f"\n{args.backend}, {args.events:,} events, median of {args.rounds} rounds:")
     print(f"{'':12} {'events/s':>9} {'/ limit':>8} {'client us/ev':>13} {'server us/ev':>13}")
     for variant, row in result.items():
+        server = row["server_cpu_us_per_event"]
         print(
             f"{variant:12} {row['events_per_s']:9,.0f} {row['ratio_to_limit']:8.2f} "
-            f"{row['client_cpu_us_per_event']:13.1f} {row['server_cpu_us_per_event']:13.1f}"
+            f"{row['client_cpu_us_per_event']:13.1f} "
+            + (f"{server:13.1f}" if server is not None else f"{'-':>13}")
         )
 
 
