@@ -353,6 +353,11 @@ def _bin_sql(low: int, high: int) -> str:
     )
 
 
+# The token counts, summed as they are: the usage sums after the counts of calls.
+_TOKEN_COLUMNS: Final = USAGE_SUM_COLUMNS[5:11]
+assert (_TOKEN_COLUMNS[0], _TOKEN_COLUMNS[-1]) == ("prompt_tokens", "reasoning_tokens")
+
+
 def _calls_sql(dialect: str) -> str:
     """One row per LLM call of the batch, with the rollup's keys and per-call values
     (as :func:`add_calls` computes them) under the rollup's column names."""
@@ -390,17 +395,7 @@ def _calls_sql(dialect: str) -> str:
         "rate_limited": flag.format("e.rate_limited"),
         "retried": flag.format("e.retries > 0"),
         "retries": "COALESCE(e.retries, 0)",
-        **{
-            name: f"COALESCE(e.{name}, 0)"
-            for name in (
-                "prompt_tokens",
-                "completion_tokens",
-                "total_tokens",
-                "cache_read_tokens",
-                "cache_write_tokens",
-                "reasoning_tokens",
-            )
-        },
+        **{name: f"COALESCE(e.{name}, 0)" for name in _TOKEN_COLUMNS},
         "cost_nanos": "COALESCE(CAST(round(e.cost_usd * 1000000000) AS BIGINT), 0)",
         "priced": flag.format(priced),
         "unpriced": flag.format(f"NOT ({priced})"),
