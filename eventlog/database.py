@@ -197,10 +197,9 @@ class Database:
         if name not in ("postgresql", "sqlite"):
             raise ValueError(f"unsupported database dialect {name!r}")
         self.dialect: Literal["postgresql", "sqlite"] = name  # type: ignore[assignment]
-        # Batches under way at once: while one is written (by the PostgreSQL server, or
-        # by SQLite in its own thread, both without holding the GIL) the next ones are
-        # encoded. PostgreSQL writes two on two connections; SQLite has one writer, so
-        # its batches queue for its thread, one being written and two being prepared.
+        # Batches under way at once: PostgreSQL writes two on two connections (the server
+        # writes one while Python encodes the next). SQLite writes one at a time: sqlite3
+        # takes the GIL to bind each row, so encoding the next batch meanwhile slows both.
         self.concurrent_writes = 2 if name == "postgresql" else 1
         self._sqlite = _sqlite_writer(engine.url) if name == "sqlite" else None
         statements = statements_for(name)

@@ -24,10 +24,9 @@ or a batch retried after a lost commit, finds its id stored and adds nothing. Th
 database sums them itself (:func:`batch_statements`), from the rows as stored: on
 PostgreSQL the rows of the ids the transaction inserted (a COPY inserts all or fails; the
 conflict-safe path learns them from ``RETURNING``), on SQLite the rows above the highest
-``rowid`` before the insert. So the writer's process
-spends no time on the rollup (it spent a third of its time on it when it summed in
-Python: measured 77 against 50 µs of client CPU per event on ``eventlog bench``'s
-workload), and the sums are those of the stored values, as the raw reports see them.
+``rowid`` before the insert. So no Python sums the rollup (that was about 40 % of the
+writer's samples in py-spy on ``eventlog bench``'s workload), and the sums are those of
+the stored values, as the raw reports see them.
 
 :func:`rebuild` recomputes the rollup from the raw rows (``eventlog rollup --rebuild``):
 after a bulk import by other means, a prune, or a re-pricing. It locks the rollup against
@@ -518,7 +517,7 @@ _BATCH_TABLE: Final = "eventlog_batch_hourly"
 def batch_statements(dialect: str) -> tuple[str, ...]:
     """The SQL that adds the LLM calls a batch's transaction inserted to every rollup
     table, run in that transaction after the insert: the database sums the calls from
-    the rows as stored, so the writer's process spends nothing on the rollup.
+    the rows as stored, so no Python sums the calls.
 
     PostgreSQL: one statement of two parameters, the ids (``uuid[]``) of the LLM calls
     the transaction inserted (not those of calls stored before, which a re-sent id

@@ -3,8 +3,8 @@
 aiosqlite sends every call to its thread and back, so a batch of BEGIN, a few
 executemany and COMMIT costs several trips through the event loop, each delayed by
 whatever the loop is doing. The writer instead hands the whole batch to this thread at
-once. sqlite3 releases the GIL while SQLite works, so the event loop (and the encoding
-of the next batch) runs meanwhile.
+once. sqlite3 releases the GIL while SQLite works, so the event loop runs meanwhile (the
+writer encodes the next batch only after this one: binding each row takes the GIL).
 
 ``BEGIN IMMEDIATE`` takes the write lock at the start, so another process writing the
 same file makes this one wait (``busy_timeout``) instead of failing halfway.
