@@ -3,8 +3,9 @@
 aiosqlite sends every call to its thread and back, so a batch of BEGIN, a few
 executemany and COMMIT costs several trips through the event loop, each delayed by
 whatever the loop is doing. The writer instead hands the whole batch to this thread at
-once. sqlite3 releases the GIL while SQLite works, so the event loop runs meanwhile (the
-writer encodes the next batch only after this one: binding each row takes the GIL).
+once. sqlite3 releases the GIL while SQLite works, so the event loop runs meanwhile, and
+the writer encodes the next batch during the rollup's SQL and the commit, though not
+while sqlite3 binds rows: that takes the GIL for each row (:meth:`binding_done`).
 
 ``BEGIN IMMEDIATE`` takes the write lock at the start, so another process writing the
 same file makes this one wait (``busy_timeout``) instead of failing halfway.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -52,6 +53,17 @@ class SQLiteWriter:
         self._memory = memory
         self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="eventlog-sqlite")
+        # Done once the latest batch's rows are bound: sqlite3 takes the GIL for every
+        # row it binds, so the writer does not encode meanwhile (see binding_done).
+        self._binding: asyncio.Future[None] | None = None
+
+    async def binding_done(self) -> None:
+        """Until no batch's rows are being bound. Encoding the next batch while sqlite3
+        binds one makes the binding wait for the GIL row after row; during the rest of
+        the write (the rollup's SQL, the commit) SQLite runs without the GIL."""
+        binding = self._binding
+        if binding is not None and not binding.done():
+            await asyncio.shield(binding)
 
     async def write_batch(
         self,
@@ -66,9 +78,18 @@ class SQLiteWriter:
         LLM calls the transaction inserted, and adds the presence rows of those whose ids
         are ``fresh``. Returns whether every event row was inserted."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._thread, self._write, events, insert_events, workflow, rollup, fresh
-        )
+        bound: asyncio.Future[None] = loop.create_future()
+        self._binding = bound
+
+        def on_bound() -> None:  # on the SQLite thread
+            loop.call_soon_threadsafe(_resolve, bound)
+
+        try:
+            return await loop.run_in_executor(
+                self._thread, self._write, events, insert_events, workflow, rollup, fresh, on_bound
+            )
+        finally:
+            _resolve(bound)
 
     async def fetch_prices(self) -> list[dict[str, Any]] | Exception:
         """The rows of ``eventlog_prices`` (the user's prices), or why they cannot be
@@ -100,13 +121,14 @@ class SQLiteWriter:
         workflow: dict[str, list[list[Any]]],
         rollup: tuple[str, ...] | None,
         fresh: Sequence[Any],
+        on_bound: Callable[[], None],
     ) -> bool:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         every_row = True
         try:
             if events:
-                every_row = _insert_events(conn, events, insert_events, rollup, fresh)
+                every_row = _insert_events(conn, events, insert_events, rollup, fresh, on_bound)
             for sql, params in workflow.items():
                 conn.executemany(sql, params)
         except BaseException:
@@ -133,17 +155,26 @@ def _insert_events(
     sql: str,
     rollup: tuple[str, ...] | None,
     fresh: Sequence[Any],
+    on_bound: Callable[[], None] = lambda: None,
 ) -> bool:
     """Insert the rows (a stored id is skipped) and add the LLM calls inserted to the
     rollup: the rows whose rowid is above the highest before the insert (this connection
     holds the write lock, so they are this insert's); the presence rows of those whose
     ids are ``fresh``. Returns whether every row was inserted."""
     if rollup is None:
-        return bool(conn.executemany(sql, events).rowcount == len(events))
+        every_row = conn.executemany(sql, events).rowcount == len(events)
+        on_bound()
+        return bool(every_row)
     before = conn.execute("SELECT max(rowid) FROM chronicle_events").fetchone()[0]
     every_row = conn.executemany(sql, events).rowcount == len(events)
+    on_bound()
     before = before if before is not None else 0
     params = {"before": before, "fresh": orjson.dumps(list(fresh)).decode()}
     for statement in rollup:
         conn.execute(statement, params)
     return bool(every_row)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -769,3 +769,46 @@ async def test_in_memory_sqlite_is_shared_and_waits_for_a_user_transaction(url: 
         assert await count(db, chronicle_events) == 1
     finally:
         await db.close()
+
+
+async def test_sqlite_encoding_waits_while_rows_are_bound_then_overlaps_the_rest(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sqlite3 takes the GIL for every row it binds: the writer does not encode while a
+    # batch's rows are bound, and may again once they are (the rollup's SQL and the
+    # commit run without the GIL).
+    import eventlog
+    import eventlog.sqlite as sqlite_module
+
+    insert = sqlite_module._insert_events
+    binding, bound, release = threading.Event(), threading.Event(), threading.Event()
+
+    def held(conn: Any, events: Any, sql: str, rollup: Any, fresh: Any, on_bound: Any) -> bool:
+        def signal() -> None:
+            on_bound()
+            bound.set()
+            release.wait(10)  # the rollup's SQL and the commit, still under way
+
+        binding.set()
+        release.wait(10)  # the rows being bound
+        release.clear()
+        return insert(conn, events, sql, rollup, fresh, signal)
+
+    monkeypatch.setattr(sqlite_module, "_insert_events", held)
+    db = await eventlog.open_database(f"sqlite:///{tmp_path / 'gate.db'}", migrate=True)
+    assert db._sqlite is not None
+    try:
+        write = asyncio.create_task(db.write_log_batch([ProxyLogEvent(model="m")]))
+        await asyncio.to_thread(binding.wait, 10)
+        gate = asyncio.create_task(db._sqlite.binding_done())
+        await asyncio.sleep(0)
+        assert not gate.done()  # the rows are being bound
+        release.set()
+        await asyncio.to_thread(bound.wait, 10)
+        await asyncio.wait_for(gate, 10)  # bound: encoding may go on ...
+        assert not write.done()  # ... while the write finishes
+        release.set()
+        await write
+    finally:
+        release.set()
+        await db.close()
