@@ -75,6 +75,11 @@ def _server_cpu_seconds(postmaster: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _no_server() -> float:
+    """SQLite: no server process."""
+    return 0.0
+
+
 def _client_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -90,7 +95,7 @@ async def measure(backend: Backend, rounds: int, events: int, pg_url: str) -> di
     client: dict[str, list[float]] = {v: [] for v in _VARIANTS}
     server: dict[str, list[float]] = {v: [] for v in _VARIANTS}
     async with _open_backend(backend, config) as bench:
-        on_server: Callable[[], float] = lambda: 0.0  # noqa: E731
+        on_server: Callable[[], float] = _no_server
         if backend == "postgresql":
             backend_pid = await bench.raw.fetchval("SELECT pg_backend_pid()")
             fields = _stat(backend_pid)

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -385,7 +386,7 @@ class Database:
                     calls.append(row[0])
                     if presence is not None and (user := row[_USER]):
                         hour, day = presence(row[_CREATED_AT])
-                        by_hour = (hour, *[row[i] for i in _PRESENCE_KEYS], user)
+                        by_hour = (hour, *_presence_keys(row), user)
                         by_day = (day, user)
                         if by_hour not in known or by_day not in known:
                             fresh.append(row[0])
@@ -434,7 +435,7 @@ _SEEN_USERS_MAX = 200_000  # presence rows remembered (~40 MB at most)
 _EVENT_TYPE = EVENT_COLUMNS.index("event_type")
 _CREATED_AT = EVENT_COLUMNS.index("created_at")
 _USER = EVENT_COLUMNS.index("user_id")
-_PRESENCE_KEYS = tuple(EVENT_COLUMNS.index(key) for key in ROLLUP_KEYS)
+_presence_keys = itemgetter(*(EVENT_COLUMNS.index(key) for key in ROLLUP_KEYS))
 
 
 def _sqlite_presence(created_at: str) -> tuple[str, str]:

@@ -43,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Insert, Table, delete, func, insert, select
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -83,7 +83,6 @@ __all__ = [
     "latency_bin",
     "rebuild",
     "rollup_key",
-    "upsert_statement",
 ]
 
 LLM_CALL: Final = "chronicle_llm_request"
@@ -197,13 +196,12 @@ class Increments:
                 into[:_MAX] = map(int.__add__, into[:_MAX], sums[:_MAX])
                 if sums[_MAX] > into[_MAX]:
                     into[_MAX] = sums[_MAX]
-        seen, active = self.seen, self.active
         return [
             (eventlog_rollup_hourly, _sorted(self.hourly)),
             (eventlog_rollup_daily, _sorted(daily)),
             (eventlog_rollup_users_daily, _sorted(self.users)),
-            (eventlog_rollup_users_hourly, [(hour, keys, []) for hour, keys in sorted(seen)]),
-            (eventlog_rollup_active_users, [(day, keys, []) for day, keys in sorted(active)]),
+            (eventlog_rollup_users_hourly, [(hour, k, []) for hour, k in sorted(self.seen)]),
+            (eventlog_rollup_active_users, [(day, k, []) for day, k in sorted(self.active)]),
         ]
 
 
@@ -304,28 +302,6 @@ def _tokens(prompt: int | None, completion: int | None, total: int | None) -> in
 
 
 # -- writing -----------------------------------------------------------------------------
-
-
-def upsert_statement(table: Table, dialect: str) -> Insert:
-    """``INSERT ... ON CONFLICT (key) DO UPDATE SET s = s + excluded.s`` (the greater of
-    two maxima; ``DO NOTHING`` for a table of keys only), of one row of parameters."""
-    key = [c.name for c in table.primary_key.columns]
-    if dialect == "postgresql":
-        ins: Any = postgresql.insert(table)
-    elif dialect == "sqlite":
-        ins = sqlite.insert(table)
-    else:
-        raise ValueError(f"unsupported dialect {dialect!r}")
-    values = [c.name for c in table.columns if c.name not in key]
-    if not values:
-        statement: Insert = ins.on_conflict_do_nothing(index_elements=key)
-        return statement
-    greatest: Any = func.greatest if dialect == "postgresql" else func.max  # SQLite's max(a, b)
-    set_ = {name: table.c[name] + ins.excluded[name] for name in values}
-    if "latency_max_ms" in set_:
-        set_["latency_max_ms"] = greatest(table.c.latency_max_ms, ins.excluded.latency_max_ms)
-    statement = ins.on_conflict_do_update(index_elements=key, set_=set_)
-    return statement
 
 
 def _key_sql(column: str, dialect: str) -> str:
@@ -829,9 +805,14 @@ async def _add_user_changes(
             changes.append((key[0], key[1], change))
     if not changes:
         return
+    # Added to the rows there, one row of parameters at a time (the writer's SQL adds
+    # the sums of a SELECT; here the changes are Python values, typed by the table).
+    primary = [c.name for c in table.primary_key.columns]
+    ins: Any = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+    add = {c.name: c + ins.excluded[c.name] for c in table.columns if c.name not in primary}
     names = [c.name for c in table.columns]
     await conn.execute(
-        upsert_statement(table, conn.dialect.name),
+        ins.on_conflict_do_update(index_elements=primary, set_=add),
         [dict(zip(names, (day, *keys, *change), strict=True)) for day, keys, change in changes],
     )
 

@@ -8,7 +8,7 @@ hour or day and model, provider, application, environment, project),
 those keys), ``eventlog_rollup_users_hourly`` (no sums: which users made calls in an
 hour, per those keys) and ``eventlog_rollup_active_users`` (no sums, no other key: which
 users made calls in a UTC day). Every expectation is computed here, in plain Python,
-from the ``chronicle_events`` rows as stored (never with ``eventlog.rollup.aggregate``),
+from the ``chronicle_events`` rows as stored (never with ``eventlog.rollup``'s code),
 histogram bins included.
 """
 
