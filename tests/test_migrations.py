@@ -288,3 +288,63 @@ async def test_updated_rollup_tables_leave_room_for_hot_updates_on_postgresql(
         "eventlog_rollup_users_hourly": None,
     }
     assert set(after_downgrade.values()) == {None}
+
+
+async def test_user_and_project_indexes_put_the_time_first_on_sqlite_only(
+    backend: str, fresh_url: Callable[[str], str]
+) -> None:
+    def columns_of(conn: Connection) -> dict[str, list[str | None]]:
+        return {
+            str(index["name"]): list(index["column_names"])
+            for index in inspect(conn).get_indexes("chronicle_events")
+            if "user_id" in index["column_names"] or "project_id" in index["column_names"]
+        }
+
+    db = await eventlog.open_database(fresh_url(backend), migrate=True)
+    try:
+        async with db.engine.connect() as conn:
+            at_head = await conn.run_sync(columns_of)
+        await downgrade(db.engine, "0006")
+        async with db.engine.connect() as conn:
+            before = await conn.run_sync(columns_of)
+        await upgrade(db.engine)
+        async with db.engine.connect() as conn:
+            again = await conn.run_sync(columns_of)
+    finally:
+        await db.close()
+    key_first = {
+        "chronicle_events_user_id_created_at_idx": ["user_id", "created_at"],
+        "chronicle_events_project_id_created_at_idx": ["project_id", "created_at"],
+    }
+    assert before == key_first
+    if backend == "sqlite":
+        assert at_head == {
+            "chronicle_events_created_at_user_id_idx": ["created_at", "user_id"],
+            "chronicle_events_created_at_project_id_idx": ["created_at", "project_id"],
+        }
+    else:
+        assert at_head == key_first
+    assert again == at_head
+
+
+async def test_a_users_calls_in_a_window_are_found_by_index_on_sqlite(
+    fresh_url: Callable[[str], str],
+) -> None:
+    from sqlalchemy import text
+
+    db = await eventlog.open_database(fresh_url("sqlite"), migrate=True)
+    try:
+        async with db.engine.connect() as conn:
+            plan = (
+                await conn.execute(
+                    text(
+                        "EXPLAIN QUERY PLAN SELECT count(*), sum(total_tokens) "
+                        "FROM chronicle_events WHERE user_id = 'u' "
+                        "AND created_at >= '2026-11-01' AND created_at < '2026-11-02'"
+                    )
+                )
+            ).all()
+    finally:
+        await db.close()
+    details = " ".join(str(row[-1]) for row in plan)
+    assert "USING INDEX" in details and "created_at>? AND created_at<?" in details, details
