@@ -347,4 +347,5 @@ async def test_a_users_calls_in_a_window_are_found_by_index_on_sqlite(
     finally:
         await db.close()
     details = " ".join(str(row[-1]) for row in plan)
-    assert "USING INDEX" in details and "created_at>? AND created_at<?" in details, details
+    assert "USING INDEX" in details, details
+    assert "created_at>? AND created_at<?" in details, details
