@@ -9,6 +9,11 @@ while sqlite3 binds rows: that takes the GIL for each row (:meth:`binding_done`)
 
 ``BEGIN IMMEDIATE`` takes the write lock at the start, so another process writing the
 same file makes this one wait (``busy_timeout``) instead of failing halfway.
+
+Checkpoints (copying the WAL's pages into the database file, with an fsync) run on a
+second thread and connection after each commit, not inside the writer's commit as
+SQLite does by default: the writer goes on with the next batch meanwhile. SQLite's own
+checkpoint at commit stays as a backstop, at a WAL of 64 MiB instead of 4.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from eventlog._log import logger
 from eventlog.statements import SQLITE_MERGE_FUNCTION, merge_info_json
 
 __all__ = ["SQLiteWriter", "configure"]
@@ -53,6 +59,11 @@ class SQLiteWriter:
         self._memory = memory
         self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="eventlog-sqlite")
+        # Checkpoints: their own thread and connection (file databases only).
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="eventlog-checkpoint")
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpointing = False  # one is queued or running
+        self._checkpoint_failed = False  # its error is logged once
         # Done once the latest batch's rows are bound: sqlite3 takes the GIL for every
         # row it binds, so the writer does not encode meanwhile (see binding_done).
         self._binding: asyncio.Future[None] | None = None
@@ -111,6 +122,8 @@ class SQLiteWriter:
                 self._database, uri=self._uri, isolation_level=None, check_same_thread=False
             )
             configure(conn, memory=self._memory)
+            if not self._memory:
+                conn.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_PAGES}")
             self._conn = conn
         return self._conn
 
@@ -135,18 +148,75 @@ class SQLiteWriter:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        if not self._memory and not self._checkpointing:
+            self._checkpointing = True
+            self._checkpointer.submit(self._checkpoint)
         return every_row
 
+    def _checkpoint(self) -> None:
+        """Copy the WAL's committed pages into the database file (PASSIVE: without
+        waiting for the writer or readers); on the checkpoint thread."""
+        try:
+            if self._checkpoint_conn is None:
+                conn = sqlite3.connect(
+                    self._database, uri=self._uri, isolation_level=None, check_same_thread=False
+                )
+                configure(conn, memory=False)
+                self._checkpoint_conn = conn
+            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as err:
+            # The writer's own checkpoint at _BACKSTOP_PAGES still bounds the WAL.
+            if not self._checkpoint_failed:
+                self._checkpoint_failed = True
+                logger.warning(
+                    "eventlog: a checkpoint of %s failed (%s: %s); SQLite checkpoints at "
+                    "commit instead. This is logged once.",
+                    self._database,
+                    type(err).__name__,
+                    err,
+                )
+        finally:
+            self._checkpointing = False
+
+    async def checkpoints_done(self) -> None:
+        """Until the checkpoints queued so far have run."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._checkpointer, _nothing)
+
     async def close(self) -> None:
-        """Close the connection and end the thread; closing twice is harmless."""
+        """Close the connections and end the threads; closing twice is harmless."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._close)
         self._thread.shutdown(wait=True)
+        await loop.run_in_executor(self._checkpointer, self._close_checkpoints)
+        self._checkpointer.shutdown(wait=True)
 
     def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def _close_checkpoints(self) -> None:
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
+
+
+# The WAL size (in pages) at which the writer's own commit checkpoints. The checkpoint
+# thread copies most pages before that, but the WAL starts over from its beginning only
+# after a checkpoint that ends before the writer's next transaction begins, which the
+# writer, going on at once, rarely leaves time for: so the WAL file grows to about this
+# size (64 MiB, ~70 MB on disk while writing flat out), and the backstop's checkpoint,
+# with little left to copy, restarts it. Measured with `eventlog bench --backends sqlite
+# --growth-rows 1000000` (one run each): SQLite's default (checkpoint in the commit at
+# 1,000 pages) made 8,459 events/s at 1M rows against 12,344 into an empty table (0.69)
+# and 66 ms send-to-commit p99; a checkpoint in the commit at 10,000 pages, 0.94 and
+# 118 ms; this, 13,843 against 13,325 (1.04) and 59 ms.
+_BACKSTOP_PAGES = 16384
+
+
+def _nothing() -> None:
+    pass
 
 
 def _insert_events(

@@ -812,3 +812,68 @@ async def test_sqlite_encoding_waits_while_rows_are_bound_then_overlaps_the_rest
     finally:
         release.set()
         await db.close()
+
+
+def _rows_in_the_file_alone(path: Any, copy: Any) -> int:
+    """The events in the database file itself, without its WAL: those checkpointed."""
+    import shutil
+    import sqlite3
+
+    shutil.copyfile(path, copy)
+    conn = sqlite3.connect(copy)
+    try:
+        return int(conn.execute("SELECT count(*) FROM chronicle_events").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_sqlite_checkpoints_run_on_a_thread_of_their_own_after_each_commit(
+    tmp_path: Any,
+) -> None:
+    # SQLite checkpoints inside a commit once the WAL reaches 1,000 pages; the writer
+    # leaves that to a second thread (its own commit checkpoints only as a backstop).
+    import eventlog
+
+    path = tmp_path / "ckpt.db"
+    db = await eventlog.open_database(f"sqlite:///{path}", migrate=True)
+    assert db._sqlite is not None
+    try:
+        await db.write_log_batch([llm_event() for _ in range(3)])
+        assert db._sqlite._conn is not None
+        backstop = db._sqlite._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert backstop == 16384
+        await db._sqlite.checkpoints_done()
+        assert _rows_in_the_file_alone(path, tmp_path / "copy1.db") == 3
+        await db.write_log_batch([llm_event() for _ in range(2)])
+        await db._sqlite.checkpoints_done()
+        assert _rows_in_the_file_alone(path, tmp_path / "copy2.db") == 5
+    finally:
+        await db.close()
+
+
+async def test_a_failed_sqlite_checkpoint_is_logged_once_and_writing_goes_on(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import eventlog
+
+    db = await eventlog.open_database(f"sqlite:///{tmp_path / 'ckpt.db'}", migrate=True)
+    writer = db._sqlite
+    assert writer is not None
+    try:
+        await db.write_log_batch([llm_event()])
+        await writer.checkpoints_done()
+        # The checkpoint thread's connection is gone and cannot be opened again.
+        await asyncio.get_running_loop().run_in_executor(
+            writer._checkpointer, writer._close_checkpoints
+        )
+        writer._database = str(tmp_path / "missing" / "ckpt.db")
+        with caplog.at_level("WARNING", logger="eventlog"):
+            for _ in range(3):
+                await db.write_log_batch([llm_event()])
+                await writer.checkpoints_done()
+        warnings = [r for r in caplog.records if "checkpoint" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "missing" in warnings[0].getMessage()
+        assert await count(db, chronicle_events) == 4
+    finally:
+        await db.close()
