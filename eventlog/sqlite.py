@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from eventlog._log import logger
+from eventlog.rollup import setup_statements
 from eventlog.statements import SQLITE_MERGE_FUNCTION, merge_info_json
 
 __all__ = ["SQLiteWriter", "configure"]
@@ -124,6 +125,8 @@ class SQLiteWriter:
             configure(conn, memory=self._memory)
             if not self._memory:
                 conn.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_PAGES}")
+            for statement in setup_statements("sqlite"):
+                conn.execute(statement)
             self._conn = conn
         return self._conn
 
