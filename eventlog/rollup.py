@@ -507,6 +507,7 @@ def batch_statements(dialect: str) -> tuple[str, ...]:
     insert, and ``fresh``, a JSON array of the ids whose presence rows may be new.
     """
     if dialect == "sqlite":
+        # Without a conflict clause: one here would override those of the trigger's steps.
         return (f"INSERT INTO {_BATCH_VIEW} (before, fresh) VALUES (:before, :fresh)",)
     if dialect != "postgresql":
         raise ValueError(f"unsupported dialect {dialect!r}")

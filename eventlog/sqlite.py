@@ -22,7 +22,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -63,8 +63,10 @@ class SQLiteWriter:
         # Checkpoints: their own thread and connection (file databases only).
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="eventlog-checkpoint")
         self._checkpoint_conn: sqlite3.Connection | None = None
+        self._wal = False  # the database is in WAL mode: checkpoints apply
         self._checkpointing = False  # one is queued or running
         self._checkpoint_failed = False  # its error is logged once
+        self._rows_since_checkpoint = 0
         # Done once the latest batch's rows are bound: sqlite3 takes the GIL for every
         # row it binds, so the writer does not encode meanwhile (see binding_done).
         self._binding: asyncio.Future[None] | None = None
@@ -119,14 +121,17 @@ class SQLiteWriter:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite3.connect(
-                self._database, uri=self._uri, isolation_level=None, check_same_thread=False
-            )
-            configure(conn, memory=self._memory)
-            if not self._memory:
-                conn.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_PAGES}")
-            for statement in setup_statements("sqlite"):
-                conn.execute(statement)
+            conn = _connect(self._database, uri=self._uri, memory=self._memory)
+            try:
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                self._wal = str(mode).lower() == "wal"
+                if self._wal:
+                    conn.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_PAGES}")
+                for statement in setup_statements("sqlite"):
+                    conn.execute(statement)
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
 
@@ -151,21 +156,27 @@ class SQLiteWriter:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        if not self._memory and not self._checkpointing:
-            self._checkpointing = True
-            self._checkpointer.submit(self._checkpoint)
+        if self._wal:
+            self._rows_since_checkpoint += len(events) + sum(map(len, workflow.values()))
+            if self._rows_since_checkpoint >= _CHECKPOINT_ROWS and not self._checkpointing:
+                self._checkpoint_soon()
         return every_row
+
+    def _checkpoint_soon(self) -> None:
+        """Queue a checkpoint (the batch is committed: nothing here may fail it)."""
+        try:
+            self._checkpointer.submit(self._checkpoint)
+        except RuntimeError:  # the thread is shut down (the interpreter is exiting)
+            return
+        self._checkpointing = True
+        self._rows_since_checkpoint = 0
 
     def _checkpoint(self) -> None:
         """Copy the WAL's committed pages into the database file (PASSIVE: without
         waiting for the writer or readers); on the checkpoint thread."""
         try:
             if self._checkpoint_conn is None:
-                conn = sqlite3.connect(
-                    self._database, uri=self._uri, isolation_level=None, check_same_thread=False
-                )
-                configure(conn, memory=False)
-                self._checkpoint_conn = conn
+                self._checkpoint_conn = _connect(self._database, uri=self._uri, memory=False)
             self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as err:
             # The writer's own checkpoint at _BACKSTOP_PAGES still bounds the WAL.
@@ -205,17 +216,34 @@ class SQLiteWriter:
             self._checkpoint_conn = None
 
 
+def _connect(database: str, *, uri: bool, memory: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(database, uri=uri, isolation_level=None, check_same_thread=False)
+    try:
+        configure(conn, memory=memory)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# Rows committed between two checkpoints: about SQLite's default of 1,000 WAL pages for
+# this workload's 2.7 KB rows, and never a checkpoint (with its fsyncs) for every small
+# batch of a quiet application.
+_CHECKPOINT_ROWS: Final = 1000
+
 # The WAL size (in pages) at which the writer's own commit checkpoints. The checkpoint
 # thread copies most pages before that, but the WAL starts over from its beginning only
 # after a checkpoint that ends before the writer's next transaction begins, which the
 # writer, going on at once, rarely leaves time for: so the WAL file grows to about this
-# size (64 MiB, ~70 MB on disk while writing flat out), and the backstop's checkpoint,
-# with little left to copy, restarts it. Measured with `eventlog bench --backends sqlite
-# --growth-rows 1000000` (one run each): SQLite's default (checkpoint in the commit at
-# 1,000 pages) made 8,459 events/s at 1M rows against 12,344 into an empty table (0.69)
-# and 66 ms send-to-commit p99; a checkpoint in the commit at 10,000 pages, 0.94 and
-# 118 ms; this, 13,843 against 13,325 (1.04) and 59 ms.
-_BACKSTOP_PAGES = 16384
+# size (64 MiB at SQLite's default 4 KiB pages, ~70 MB on disk while writing flat out),
+# and the backstop's checkpoint, with little left to copy, restarts it. Measured with
+# `eventlog bench --backends sqlite --growth-rows 1000000` (one run each, before the
+# rollup became one statement): SQLite's default (a checkpoint in the commit at 1,000
+# pages) made 8,459 events/s at 1M rows against 12,344 into an empty table (0.69) and 66
+# ms send-to-commit p99; a checkpoint in the commit at 10,000 pages, 0.94 and 118 ms; the
+# checkpoint thread (then after every commit, the same as every 1,000 rows at the bench's
+# batches of 1,000), 13,843 against 13,325 (1.04) and 59 ms.
+_BACKSTOP_PAGES: Final = 16384
 
 
 def _nothing() -> None:

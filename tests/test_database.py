@@ -7,6 +7,7 @@ import itertools
 import threading
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -827,28 +828,71 @@ def _rows_in_the_file_alone(path: Any, copy: Any) -> int:
         conn.close()
 
 
-async def test_sqlite_checkpoints_run_on_a_thread_of_their_own_after_each_commit(
+async def test_sqlite_checkpoints_run_on_a_thread_of_their_own_every_1000_rows(
     tmp_path: Any,
 ) -> None:
     # SQLite checkpoints inside a commit once the WAL reaches 1,000 pages; the writer
-    # leaves that to a second thread (its own commit checkpoints only as a backstop).
+    # leaves that to a second thread, every 1,000 rows committed (its own commit
+    # checkpoints only as a backstop).
     import eventlog
 
     path = tmp_path / "ckpt.db"
     db = await eventlog.open_database(f"sqlite:///{path}", migrate=True)
     assert db._sqlite is not None
     try:
-        await db.write_log_batch([llm_event() for _ in range(3)])
+        async with db.engine.connect() as conn:  # the tables into the file itself
+            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        await db.write_log_batch([llm_event() for _ in range(999)])
         assert db._sqlite._conn is not None
         backstop = db._sqlite._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         assert backstop == 16384
         await db._sqlite.checkpoints_done()
-        assert _rows_in_the_file_alone(path, tmp_path / "copy1.db") == 3
-        await db.write_log_batch([llm_event() for _ in range(2)])
+        assert _rows_in_the_file_alone(path, tmp_path / "copy1.db") == 0
+        await db.write_log_batch([llm_event()])
         await db._sqlite.checkpoints_done()
-        assert _rows_in_the_file_alone(path, tmp_path / "copy2.db") == 5
+        assert _rows_in_the_file_alone(path, tmp_path / "copy2.db") == 1000
+        await db.write_log_batch([llm_event() for _ in range(1500)])
+        await db._sqlite.checkpoints_done()
+        assert _rows_in_the_file_alone(path, tmp_path / "copy3.db") == 2500
     finally:
         await db.close()
+
+
+async def test_a_committed_sqlite_batch_stands_when_no_checkpoint_can_be_queued(
+    tmp_path: Any,
+) -> None:
+    # At interpreter exit the checkpoint thread may be shut down before the last write:
+    # the batch is committed, so the write must not fail (and be retried).
+    import eventlog
+
+    db = await eventlog.open_database(f"sqlite:///{tmp_path / 'ckpt.db'}", migrate=True)
+    writer = db._sqlite
+    assert writer is not None
+    try:
+        writer._checkpointer.shutdown(wait=True)
+        await db.write_log_batch([llm_event() for _ in range(1000)])
+        assert await count(db, chronicle_events) == 1000
+        assert not writer._checkpointing
+    finally:
+        writer._checkpointer = ThreadPoolExecutor(1)
+        await db.close()
+
+
+def test_an_in_memory_sqlite_writer_queues_no_checkpoint() -> None:
+    import sqlite3
+
+    from eventlog.sqlite import SQLiteWriter
+
+    writer = SQLiteWriter("file:eventlog_ckpt?mode=memory&cache=shared", uri=True, memory=False)
+    keep = sqlite3.connect("file:eventlog_ckpt?mode=memory&cache=shared", uri=True)
+    try:
+        writer._connection()
+        assert not writer._wal
+    finally:
+        writer._close()
+        keep.close()
+        writer._thread.shutdown()
+        writer._checkpointer.shutdown()
 
 
 async def test_a_failed_sqlite_checkpoint_is_logged_once_and_writing_goes_on(
@@ -869,11 +913,11 @@ async def test_a_failed_sqlite_checkpoint_is_logged_once_and_writing_goes_on(
         writer._database = str(tmp_path / "missing" / "ckpt.db")
         with caplog.at_level("WARNING", logger="eventlog"):
             for _ in range(3):
-                await db.write_log_batch([llm_event()])
+                await db.write_log_batch([llm_event() for _ in range(1000)])
                 await writer.checkpoints_done()
         warnings = [r for r in caplog.records if "checkpoint" in r.getMessage()]
         assert len(warnings) == 1
         assert "missing" in warnings[0].getMessage()
-        assert await count(db, chronicle_events) == 4
+        assert await count(db, chronicle_events) == 3001
     finally:
         await db.close()

@@ -8,6 +8,7 @@ import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -290,7 +291,7 @@ async def test_updated_rollup_tables_leave_room_for_hot_updates_on_postgresql(
     assert set(after_downgrade.values()) == {None}
 
 
-async def test_user_and_project_indexes_put_the_time_first_on_sqlite_only(
+async def test_the_user_index_puts_the_time_first_on_sqlite_only(
     backend: str, fresh_url: Callable[[str], str]
 ) -> None:
     def columns_of(conn: Connection) -> dict[str, list[str | None]]:
@@ -312,40 +313,55 @@ async def test_user_and_project_indexes_put_the_time_first_on_sqlite_only(
             again = await conn.run_sync(columns_of)
     finally:
         await db.close()
-    key_first = {
+    project = {"chronicle_events_project_id_created_at_idx": ["project_id", "created_at"]}
+    assert before == {
         "chronicle_events_user_id_created_at_idx": ["user_id", "created_at"],
-        "chronicle_events_project_id_created_at_idx": ["project_id", "created_at"],
+        **project,
     }
-    assert before == key_first
     if backend == "sqlite":
-        assert at_head == {
-            "chronicle_events_created_at_user_id_idx": ["created_at", "user_id"],
-            "chronicle_events_created_at_project_id_idx": ["created_at", "project_id"],
-        }
+        user = {"chronicle_events_created_at_user_id_idx": ["created_at", "user_id"]}
     else:
-        assert at_head == key_first
+        user = {"chronicle_events_user_id_created_at_idx": ["user_id", "created_at"]}
+    assert at_head == {**user, **project}
     assert again == at_head
 
 
-async def test_a_users_calls_in_a_window_are_found_by_index_on_sqlite(
-    fresh_url: Callable[[str], str],
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        ({"user": "u1"}, "USING INDEX chronicle_events_created_at_user_id_idx"),
+        ({"project": "p1"}, "USING INDEX chronicle_events_project_id_created_at_idx (project_id=?"),
+    ],
+)
+async def test_sqlite_reads_a_users_or_a_projects_raw_window_by_its_index(
+    fresh_url: Callable[[str], str], where: dict[str, str], index: str
 ) -> None:
-    from sqlalchemy import text
+    # The plans of the statements a raw usage report runs: SQLite's planner must pick the
+    # index that holds the filtered column (the user's puts the time first since 0007).
+    from datetime import UTC, datetime
+
+    from sqlalchemy import event
+
+    from eventlog import analytics
 
     db = await eventlog.open_database(fresh_url("sqlite"), migrate=True)
+    statements: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if "chronicle_events" in statement and not statement.startswith("EXPLAIN"):
+            statements.append((statement, params))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
     try:
+        now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+        await analytics.usage(db, since="6h", where=where, now=now, source="raw")
+        event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+        assert statements
         async with db.engine.connect() as conn:
-            plan = (
-                await conn.execute(
-                    text(
-                        "EXPLAIN QUERY PLAN SELECT count(*), sum(total_tokens) "
-                        "FROM chronicle_events WHERE user_id = 'u' "
-                        "AND created_at >= '2026-11-01' AND created_at < '2026-11-02'"
-                    )
-                )
-            ).all()
+            for statement, params in statements:
+                rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
+                plan = " | ".join(str(row[-1]) for row in rows.all())
+                assert index in plan, plan
+                assert "SCAN chronicle_events" not in plan, plan
     finally:
         await db.close()
-    details = " ".join(str(row[-1]) for row in plan)
-    assert "USING INDEX" in details, details
-    assert "created_at>? AND created_at<?" in details, details

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 import eventlog
 from eventlog import (
     Database,
+    DatabaseError,
     EventPayload,
     InternalMetadata,
     ProxyLogEntry,
@@ -604,6 +605,28 @@ async def test_sending_the_same_batch_again_adds_nothing(db: Database) -> None:
 
     assert await count_events(db) == len(batch)
     assert await assert_rollups_are_exact(db) == first
+
+
+async def test_sqlite_rollup_stays_exact_when_the_writer_connects_again(db: Database) -> None:
+    # SQLite's rollup runs through temporary objects of the writer's connection: a new
+    # connection creates them again, and a failed batch leaves nothing in them behind.
+    if db._sqlite is None:
+        pytest.skip("SQLite's writer connection")
+    first, second, third = calls(5, 200), calls(6, 200), calls(7, 200)
+    await write(db, first)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(db._sqlite._thread, db._sqlite._close)
+    await write(db, second)
+    async with db.engine.begin() as conn:  # the per-user step of the trigger will fail
+        await conn.exec_driver_sql("ALTER TABLE eventlog_rollup_users_daily RENAME TO spare")
+    with pytest.raises(DatabaseError, match="eventlog_rollup_users_daily"):
+        await db.write_log_batch(third[:100])
+    async with db.engine.begin() as conn:
+        await conn.exec_driver_sql("ALTER TABLE spare RENAME TO eventlog_rollup_users_daily")
+    await write(db, third)
+    assert await count_events(db) == 600
+    got = await assert_rollups_are_exact(db)
+    assert sum(s["requests"] for s in got[HOURLY].values()) == 600
 
 
 async def test_a_mix_of_stored_and_new_calls_adds_only_the_new_ones(db: Database) -> None:
