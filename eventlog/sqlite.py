@@ -11,7 +11,7 @@ while sqlite3 binds rows: that takes the GIL for each row (:meth:`binding_done`)
 same file makes this one wait (``busy_timeout``) instead of failing halfway.
 
 Checkpoints (copying the WAL's pages into the database file, with an fsync) run on a
-second thread and connection every 1,000 rows committed, not inside the writer's commit
+second thread and connection every 1,000 rows or 64 commits, not inside the writer's commit
 as SQLite does by default: the writer goes on with the next batch meanwhile. SQLite's own
 checkpoint at commit stays as a backstop, at a WAL of 16,384 pages instead of 1,000.
 """
@@ -67,6 +67,7 @@ class SQLiteWriter:
         self._checkpointing = False  # one is queued or running
         self._checkpoint_failed = False  # its error is logged once
         self._rows_since_checkpoint = 0
+        self._commits_since_checkpoint = 0
         # Done once the latest batch's rows are bound: sqlite3 takes the GIL for every
         # row it binds, so the writer does not encode meanwhile (see binding_done).
         self._binding: asyncio.Future[None] | None = None
@@ -127,6 +128,10 @@ class SQLiteWriter:
                 self._wal = str(mode).lower() == "wal"
                 if self._wal:
                     conn.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_PAGES}")
+                    if self._checkpoint_conn is None:  # opened now: the same file, for sure
+                        self._checkpoint_conn = _connect(
+                            self._database, uri=self._uri, memory=False
+                        )
                 for statement in setup_statements("sqlite"):
                     conn.execute(statement)
             except BaseException:
@@ -158,18 +163,23 @@ class SQLiteWriter:
         conn.execute("COMMIT")
         if self._wal:
             self._rows_since_checkpoint += len(events) + sum(map(len, workflow.values()))
-            if self._rows_since_checkpoint >= _CHECKPOINT_ROWS and not self._checkpointing:
+            self._commits_since_checkpoint += 1
+            if not self._checkpointing and (
+                self._rows_since_checkpoint >= _CHECKPOINT_ROWS
+                or self._commits_since_checkpoint >= _CHECKPOINT_COMMITS
+            ):
                 self._checkpoint_soon()
         return every_row
 
     def _checkpoint_soon(self) -> None:
         """Queue a checkpoint (the batch is committed: nothing here may fail it)."""
+        self._checkpointing = True  # before the thread may run it and clear the flag
+        self._rows_since_checkpoint = self._commits_since_checkpoint = 0
         try:
             self._checkpointer.submit(self._checkpoint)
         except RuntimeError:  # the thread is shut down (the interpreter is exiting)
-            return
-        self._checkpointing = True
-        self._rows_since_checkpoint = 0
+            self._checkpointing = False
+        self._commits_since_checkpoint = 0
 
     def _checkpoint(self) -> None:
         """Copy the WAL's committed pages into the database file (PASSIVE: without
@@ -183,11 +193,12 @@ class SQLiteWriter:
             if not self._checkpoint_failed:
                 self._checkpoint_failed = True
                 logger.warning(
-                    "eventlog: a checkpoint of %s failed (%s: %s); SQLite checkpoints at "
-                    "commit instead. This is logged once.",
+                    "eventlog: a checkpoint of %s failed (%s: %s); the writer's commits "
+                    "still checkpoint a WAL of %d pages. This is logged once.",
                     self._database,
                     type(err).__name__,
                     err,
+                    _BACKSTOP_PAGES,
                 )
         finally:
             self._checkpointing = False
@@ -226,10 +237,13 @@ def _connect(database: str, *, uri: bool, memory: bool) -> sqlite3.Connection:
     return conn
 
 
-# Rows committed between two checkpoints: about SQLite's default of 1,000 WAL pages for
-# this workload's 2.7 KB rows, and never a checkpoint (with its fsyncs) for every small
-# batch of a quiet application.
+# A checkpoint is queued after 1,000 rows or 64 commits since the last: about SQLite's
+# default of 1,000 WAL pages for batches of 1,000 of eventlog bench's 2.7 KB calls, or for
+# 64 one-call batches (each wrote 12-14 pages, measured: the row, its index entries, the
+# rollup rows), and never a checkpoint (with its fsyncs) for every small batch of a quiet
+# application.
 _CHECKPOINT_ROWS: Final = 1000
+_CHECKPOINT_COMMITS: Final = 64
 
 # The WAL size (in pages) at which the writer's own commit checkpoints. The checkpoint
 # thread copies most pages before that, but the WAL starts over from its beginning only

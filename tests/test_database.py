@@ -858,6 +858,29 @@ async def test_sqlite_checkpoints_run_on_a_thread_of_their_own_every_1000_rows(
         await db.close()
 
 
+async def test_sqlite_checkpoints_also_run_every_64_commits_of_small_batches(
+    tmp_path: Any,
+) -> None:
+    # A one-call batch writes a dozen pages to the WAL: 1,000 of them would make ~50 MB.
+    import eventlog
+
+    path = tmp_path / "ckpt.db"
+    db = await eventlog.open_database(f"sqlite:///{path}", migrate=True)
+    assert db._sqlite is not None
+    try:
+        async with db.engine.connect() as conn:  # the tables into the file itself
+            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        for _ in range(63):
+            await db.write_log_batch([llm_event()])
+        await db._sqlite.checkpoints_done()
+        assert _rows_in_the_file_alone(path, tmp_path / "copy1.db") == 0
+        await db.write_log_batch([llm_event()])
+        await db._sqlite.checkpoints_done()
+        assert _rows_in_the_file_alone(path, tmp_path / "copy2.db") == 64
+    finally:
+        await db.close()
+
+
 async def test_a_committed_sqlite_batch_stands_when_no_checkpoint_can_be_queued(
     tmp_path: Any,
 ) -> None:

@@ -617,12 +617,15 @@ async def test_sqlite_rollup_stays_exact_when_the_writer_connects_again(db: Data
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(db._sqlite._thread, db._sqlite._close)
     await write(db, second)
-    async with db.engine.begin() as conn:  # the per-user step of the trigger will fail
-        await conn.exec_driver_sql("ALTER TABLE eventlog_rollup_users_daily RENAME TO spare")
-    with pytest.raises(DatabaseError, match="eventlog_rollup_users_daily"):
+    async with db.engine.begin() as conn:  # the per-user step fails, after the hourly ones
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON eventlog_rollup_users_daily "
+            "BEGIN SELECT RAISE(ABORT, 'refused per-user row'); END"
+        )
+    with pytest.raises(DatabaseError, match="refused per-user row"):
         await db.write_log_batch(third[:100])
     async with db.engine.begin() as conn:
-        await conn.exec_driver_sql("ALTER TABLE spare RENAME TO eventlog_rollup_users_daily")
+        await conn.exec_driver_sql("DROP TRIGGER refuse")
     await write(db, third)
     assert await count_events(db) == 600
     got = await assert_rollups_are_exact(db)
