@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -219,8 +220,9 @@ class Database:
         # The users' presence rows (hour, keys and user; day and user) this writer has
         # committed. A call whose two rows are both here is left out of the presence
         # tables' insert-or-ignore (which would only find them), so those tables cost
-        # next to nothing once an hour's users are in. Bounded: cleared when large.
-        self._seen_users: set[Any] = set()
+        # next to nothing once an hour's users are in. Bounded: the oldest are forgotten
+        # a batch's worth at a time (a dict keeps them in the order remembered).
+        self._seen_users: dict[Any, None] = {}
         self._presence_times = _sqlite_presence if name == "sqlite" else _pg_presence
         self._prices: PriceBook | None = None
         self._prices_loaded = -_PRICES_REFRESH
@@ -318,9 +320,13 @@ class Database:
         inserted (a call whose id was stored before adds none: which ones those were is
         not known, so nothing is remembered)."""
         if encoded.seen and every_row:
-            if len(self._seen_users) > _SEEN_USERS_MAX:
-                self._seen_users.clear()
-            self._seen_users.update(encoded.seen)
+            seen = self._seen_users
+            seen.update(dict.fromkeys(encoded.seen))
+            # Forgetting all at once freed 200,000 keys in ~50 ms on the event loop.
+            excess = len(seen) - _SEEN_USERS_MAX
+            if excess > 0:
+                for key in list(islice(seen, excess)):
+                    del seen[key]
 
     def _prices_stale(self) -> bool:
         """The user's prices are read again every minute, on the write's own connection,

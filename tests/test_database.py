@@ -944,3 +944,27 @@ async def test_a_failed_sqlite_checkpoint_is_logged_once_and_writing_goes_on(
         assert await count(db, chronicle_events) == 3001
     finally:
         await db.close()
+
+
+async def test_the_writers_presence_memory_forgets_its_oldest_keys_a_batch_at_a_time(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bounded without a clear() of the whole memory on the event loop (~50 ms for
+    # 200,000 keys): past the bound, the keys remembered first are forgotten.
+    import eventlog.database as database_module
+    from eventlog.schema import eventlog_rollup_active_users
+
+    monkeypatch.setattr(database_module, "_SEEN_USERS_MAX", 6)
+
+    def user(name: str) -> ProxyLogEvent:
+        return llm_event(timestamp=T0, internal_metadata={"user_id": name})
+
+    await db.write_log_batch([user("a"), user("b")])  # 4 keys: hour and day of each
+    first = list(db._seen_users)
+    assert len(first) == 4
+    await db.write_log_batch([user("c"), user("d")])  # 8 keys: the 2 oldest go
+    assert len(db._seen_users) == 6
+    assert list(db._seen_users)[:2] == first[2:]
+    await db.write_log_batch([user("a"), user("e")])  # "a" is stored again: no harm
+    assert len(db._seen_users) == 6
+    assert await count(db, eventlog_rollup_active_users) == 5
