@@ -26,7 +26,7 @@ from sqlalchemy.pool import StaticPool
 
 from eventlog import postgres, sqlite
 from eventlog._log import logger
-from eventlog.codecs import RowEncoder, fast_encoder, row_encoder
+from eventlog.codecs import Row, RowEncoder, fast_encoder, row_encoder
 from eventlog.events import ENTRY_TYPES, EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
 from eventlog.rollup import LLM_CALL, batch_statements, hour_of
@@ -366,8 +366,8 @@ class Database:
         repaired; yields to the loop now and then, so a large batch does not hold the
         application's event loop for its whole serialisation."""
         encode_event = self._insert_events.encode if checked else self._insert_events.fast
-        events: list[list[Any]] = []
-        workflow: dict[str, list[list[Any]]] = {}
+        events: list[Row] = []
+        workflow: dict[str, list[Row]] = {}
         calls: list[Any] = []
         fresh: list[Any] = []
         seen: set[Any] = set()
@@ -459,8 +459,8 @@ def _pg_presence(created_at: datetime) -> tuple[datetime, date]:
 class _Encoded:
     """A batch as the drivers take it."""
 
-    events: list[list[Any]]
-    workflow: dict[str, list[list[Any]]]
+    events: list[Row]
+    workflow: dict[str, list[Row]]
     calls: list[Any]  # the ids of the LLM calls among the events, for the rollup
     fresh: list[Any]  # the ids of the calls with presence rows not stored before
     seen: set[Any]  # those presence rows, remembered once committed

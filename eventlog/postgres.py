@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from eventlog.codecs import Row
 from eventlog.rollup import LLM_CALL
 
 __all__ = ["NOTIFY_CHANNEL", "fetch_prices", "write_batch"]
@@ -24,10 +25,10 @@ __all__ = ["NOTIFY_CHANNEL", "fetch_prices", "write_batch"]
 
 async def write_batch(
     conn: asyncpg.Connection,
-    events: list[list[Any]],
+    events: list[Row],
     columns: Sequence[str],
     insert_events: str,
-    workflow: dict[str, list[list[Any]]],
+    workflow: dict[str, list[Row]],
     rollup: str | None = None,
     calls: Sequence[Any] = (),
     fresh: Sequence[Any] = (),
@@ -85,8 +86,8 @@ def _id_key(value: Any) -> Any:
 
 async def _finish(
     conn: asyncpg.Connection,
-    events: list[list[Any]],
-    workflow: dict[str, list[list[Any]]],
+    events: list[Row],
+    workflow: dict[str, list[Row]],
     rollup: str | None,
     calls: Sequence[Any],
     fresh: Sequence[Any],
@@ -106,7 +107,7 @@ async def _finish(
 _COPY_SLICE = 25
 
 
-async def _paced(rows: list[list[Any]]) -> AsyncIterator[list[Any]]:
+async def _paced(rows: list[Row]) -> AsyncIterator[Row]:
     for i, row in enumerate(rows):
         if i % _COPY_SLICE == _COPY_SLICE - 1:
             await asyncio.sleep(0)

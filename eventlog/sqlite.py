@@ -27,6 +27,7 @@ from typing import Any, Final
 import orjson
 
 from eventlog._log import logger
+from eventlog.codecs import Row
 from eventlog.rollup import setup_statements
 from eventlog.statements import SQLITE_MERGE_FUNCTION, merge_info_json
 
@@ -82,9 +83,9 @@ class SQLiteWriter:
 
     async def write_batch(
         self,
-        events: list[list[Any]],
+        events: list[Row],
         insert_events: str,
-        workflow: dict[str, list[list[Any]]],
+        workflow: dict[str, list[Row]],
         rollup: tuple[str, ...] | None = None,
         fresh: Sequence[Any] = (),
     ) -> bool:
@@ -142,9 +143,9 @@ class SQLiteWriter:
 
     def _write(
         self,
-        events: list[list[Any]],
+        events: list[Row],
         insert_events: str,
-        workflow: dict[str, list[list[Any]]],
+        workflow: dict[str, list[Row]],
         rollup: tuple[str, ...] | None,
         fresh: Sequence[Any],
         on_bound: Callable[[], None],
@@ -266,7 +267,7 @@ def _nothing() -> None:
 
 def _insert_events(
     conn: sqlite3.Connection,
-    events: list[list[Any]],
+    events: list[Row],
     sql: str,
     rollup: tuple[str, ...] | None,
     fresh: Sequence[Any],
