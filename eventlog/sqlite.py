@@ -23,6 +23,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
+from urllib.parse import quote
 
 import orjson
 
@@ -64,6 +65,7 @@ class SQLiteWriter:
         # Checkpoints: their own thread and connection (file databases only).
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="eventlog-checkpoint")
         self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpoint_path = ""  # the database file's absolute path, once known
         self._wal = False  # the database is in WAL mode: checkpoints apply
         self._checkpointing = False  # one is queued or running
         self._checkpoint_failed = False  # its error is logged once
@@ -129,10 +131,9 @@ class SQLiteWriter:
                 self._wal = str(mode).lower() == "wal"
                 if self._wal:
                     conn.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_PAGES}")
-                    if self._checkpoint_conn is None:  # opened now: the same file, for sure
-                        self._checkpoint_conn = _connect(
-                            self._database, uri=self._uri, memory=False
-                        )
+                    # The file's absolute path, for the checkpoints' connection: the same
+                    # file whatever the working directory is when it (re)connects.
+                    self._checkpoint_path = str(conn.execute("PRAGMA database_list").fetchone()[2])
                 for statement in setup_statements("sqlite"):
                     conn.execute(statement)
             except BaseException:
@@ -180,14 +181,15 @@ class SQLiteWriter:
             self._checkpointer.submit(self._checkpoint)
         except RuntimeError:  # the thread is shut down (the interpreter is exiting)
             self._checkpointing = False
-        self._commits_since_checkpoint = 0
 
     def _checkpoint(self) -> None:
         """Copy the WAL's committed pages into the database file (PASSIVE: without
         waiting for the writer or readers); on the checkpoint thread."""
         try:
             if self._checkpoint_conn is None:
-                self._checkpoint_conn = _connect(self._database, uri=self._uri, memory=False)
+                self._checkpoint_conn = _connect(
+                    f"file:{quote(self._checkpoint_path)}?mode=rw", uri=True, memory=False
+                )
             self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as err:
             # The writer's own checkpoint at _BACKSTOP_PAGES still bounds the WAL.
@@ -196,7 +198,7 @@ class SQLiteWriter:
                 logger.warning(
                     "eventlog: a checkpoint of %s failed (%s: %s); the writer's commits "
                     "still checkpoint a WAL of %d pages. This is logged once.",
-                    self._database,
+                    self._checkpoint_path,
                     type(err).__name__,
                     err,
                     _BACKSTOP_PAGES,

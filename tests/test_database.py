@@ -901,6 +901,39 @@ async def test_a_committed_sqlite_batch_stands_when_no_checkpoint_can_be_queued(
         await db.close()
 
 
+async def test_a_checkpoint_done_at_once_leaves_the_writer_free_to_queue_the_next(
+    tmp_path: Any,
+) -> None:
+    # The busy flag is set before the checkpoint is queued: a checkpoint that runs
+    # before submit() returns must not leave it set for good.
+    import eventlog
+
+    class AtOnce:
+        def __init__(self) -> None:
+            self.runs = 0
+
+        def submit(self, fn: Any) -> None:
+            self.runs += 1
+            fn()
+
+        def shutdown(self, wait: bool = True) -> None:
+            pass
+
+    db = await eventlog.open_database(f"sqlite:///{tmp_path / 'ckpt.db'}", migrate=True)
+    writer = db._sqlite
+    assert writer is not None
+    real = writer._checkpointer
+    at_once = AtOnce()
+    writer._checkpointer = at_once  # type: ignore[assignment]
+    try:
+        for _ in range(128):
+            await db.write_log_batch([llm_event()])
+        assert at_once.runs == 2
+    finally:
+        writer._checkpointer = real
+        await db.close()
+
+
 def test_an_in_memory_sqlite_writer_queues_no_checkpoint() -> None:
     import sqlite3
 
@@ -933,7 +966,7 @@ async def test_a_failed_sqlite_checkpoint_is_logged_once_and_writing_goes_on(
         await asyncio.get_running_loop().run_in_executor(
             writer._checkpointer, writer._close_checkpoints
         )
-        writer._database = str(tmp_path / "missing" / "ckpt.db")
+        writer._checkpoint_path = str(tmp_path / "missing" / "ckpt.db")
         with caplog.at_level("WARNING", logger="eventlog"):
             for _ in range(3):
                 await db.write_log_batch([llm_event() for _ in range(1000)])
@@ -959,12 +992,14 @@ async def test_the_writers_presence_memory_forgets_its_oldest_keys_a_batch_at_a_
     def user(name: str) -> ProxyLogEvent:
         return llm_event(timestamp=T0, internal_metadata={"user_id": name})
 
-    await db.write_log_batch([user("a"), user("b")])  # 4 keys: hour and day of each
-    first = list(db._seen_users)
-    assert len(first) == 4
-    await db.write_log_batch([user("c"), user("d")])  # 8 keys: the 2 oldest go
-    assert len(db._seen_users) == 6
-    assert list(db._seen_users)[:2] == first[2:]
-    await db.write_log_batch([user("a"), user("e")])  # "a" is stored again: no harm
-    assert len(db._seen_users) == 6
-    assert await count(db, eventlog_rollup_active_users) == 5
+    def users_in_memory() -> list[str]:
+        return [key[-1] for key in db._seen_users]  # two keys (hour, day) a user
+
+    for name in ("a", "b", "c"):
+        await db.write_log_batch([user(name)])
+    assert users_in_memory() == ["a", "a", "b", "b", "c", "c"]
+    await db.write_log_batch([user("d")])  # 8 keys: user a's go
+    assert users_in_memory() == ["b", "b", "c", "c", "d", "d"]
+    await db.write_log_batch([user("a")])  # forgotten: its presence rows are written again
+    assert users_in_memory() == ["c", "c", "d", "d", "a", "a"]
+    assert await count(db, eventlog_rollup_active_users) == 4
