@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -828,57 +829,58 @@ def _rows_in_the_file_alone(path: Any, copy: Any) -> int:
         conn.close()
 
 
+async def _checkpointed_rows(db: Database, path: Any, copy: Any) -> int:
+    """The events in the file itself once the checkpoints queued so far have run."""
+    assert db._sqlite is not None
+    await db._sqlite.checkpoints_done()
+    return _rows_in_the_file_alone(path, copy)
+
+
+@contextlib.asynccontextmanager
+async def _checkpointed_file(path: Any) -> AsyncIterator[Database]:
+    """A migrated SQLite file whose tables are in the file itself, not only its WAL."""
+    import eventlog
+
+    db = await eventlog.open_database(f"sqlite:///{path}", migrate=True)
+    try:
+        async with db.engine.connect() as conn:
+            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        yield db
+    finally:
+        await db.close()
+
+
 async def test_sqlite_checkpoints_run_on_a_thread_of_their_own_every_1000_rows(
     tmp_path: Any,
 ) -> None:
     # SQLite checkpoints inside a commit once the WAL reaches 1,000 pages; the writer
     # leaves that to a second thread, every 1,000 rows committed (its own commit
     # checkpoints only as a backstop).
-    import eventlog
-
     path = tmp_path / "ckpt.db"
-    db = await eventlog.open_database(f"sqlite:///{path}", migrate=True)
-    assert db._sqlite is not None
-    try:
-        async with db.engine.connect() as conn:  # the tables into the file itself
-            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    async with _checkpointed_file(path) as db:
+        assert db._sqlite is not None
         await db.write_log_batch([llm_event() for _ in range(999)])
         assert db._sqlite._conn is not None
         backstop = db._sqlite._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         assert backstop == 16384
-        await db._sqlite.checkpoints_done()
-        assert _rows_in_the_file_alone(path, tmp_path / "copy1.db") == 0
+        assert await _checkpointed_rows(db, path, tmp_path / "copy1.db") == 0
         await db.write_log_batch([llm_event()])
-        await db._sqlite.checkpoints_done()
-        assert _rows_in_the_file_alone(path, tmp_path / "copy2.db") == 1000
+        assert await _checkpointed_rows(db, path, tmp_path / "copy2.db") == 1000
         await db.write_log_batch([llm_event() for _ in range(1500)])
-        await db._sqlite.checkpoints_done()
-        assert _rows_in_the_file_alone(path, tmp_path / "copy3.db") == 2500
-    finally:
-        await db.close()
+        assert await _checkpointed_rows(db, path, tmp_path / "copy3.db") == 2500
 
 
 async def test_sqlite_checkpoints_also_run_every_64_commits_of_small_batches(
     tmp_path: Any,
 ) -> None:
     # A one-call batch writes a dozen pages to the WAL: 1,000 of them would make ~50 MB.
-    import eventlog
-
     path = tmp_path / "ckpt.db"
-    db = await eventlog.open_database(f"sqlite:///{path}", migrate=True)
-    assert db._sqlite is not None
-    try:
-        async with db.engine.connect() as conn:  # the tables into the file itself
-            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    async with _checkpointed_file(path) as db:
         for _ in range(63):
             await db.write_log_batch([llm_event()])
-        await db._sqlite.checkpoints_done()
-        assert _rows_in_the_file_alone(path, tmp_path / "copy1.db") == 0
+        assert await _checkpointed_rows(db, path, tmp_path / "copy1.db") == 0
         await db.write_log_batch([llm_event()])
-        await db._sqlite.checkpoints_done()
-        assert _rows_in_the_file_alone(path, tmp_path / "copy2.db") == 64
-    finally:
-        await db.close()
+        assert await _checkpointed_rows(db, path, tmp_path / "copy2.db") == 64
 
 
 async def test_a_committed_sqlite_batch_stands_when_no_checkpoint_can_be_queued(
