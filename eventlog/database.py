@@ -29,7 +29,7 @@ from eventlog._log import logger
 from eventlog.codecs import Row, RowEncoder, fast_encoder, row_encoder
 from eventlog.events import ENTRY_TYPES, EventPayload, ProxyLogEntry, ProxyLogEvent
 from eventlog.exceptions import DatabaseError
-from eventlog.rollup import LLM_CALL, batch_statements, hour_of
+from eventlog.rollup import LLM_CALL, batch_statement, hour_of
 from eventlog.rows import EVENT_COLUMNS, event_values, payload_values, workflow_params
 from eventlog.sanitize import MAX_JSON_BYTES
 from eventlog.schema import ROLLUP_KEYS
@@ -214,9 +214,9 @@ class Database:
             cls: _compile(statement, engine, max_json_bytes)
             for cls, statement in statements.workflow.items()
         }
-        # The rollup's statements (see eventlog.rollup), run in each batch's transaction
+        # The rollup's statement (see eventlog.rollup), run in each batch's transaction
         # when the batch has LLM calls; None: the rollup is not kept.
-        self._rollup: tuple[str, ...] | None = batch_statements(name)
+        self._rollup: str | None = batch_statement(name)
         # The users' presence rows (hour, keys and user; day and user) this writer has
         # committed. A call whose two rows are both here is left out of the presence
         # tables' insert-or-ignore (which would only find them), so those tables cost
@@ -308,7 +308,7 @@ class Database:
                     EVENT_COLUMNS,
                     self._insert_events.sql,
                     encoded.workflow,
-                    self._rollup[0] if self._rollup and encoded.calls else None,
+                    self._rollup if encoded.calls else None,
                     encoded.calls,
                     encoded.fresh,
                 )

@@ -34,7 +34,7 @@ async def write_batch(
     fresh: Sequence[Any] = (),
 ) -> bool:
     """Write encoded event rows, run/step statements and the rollup's increments in one
-    transaction: ``rollup`` (:func:`eventlog.rollup.batch_statements`) sums the rows of
+    transaction: ``rollup`` (:func:`eventlog.rollup.batch_statement`) sums the rows of
     the LLM ``calls`` (their ids) that the transaction inserted, and adds the presence
     rows of those among the ``fresh`` ones. A COPY inserts every row or fails; the
     conflict-safe path learns the ids it inserted from ``RETURNING``.

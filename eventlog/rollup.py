@@ -21,7 +21,7 @@ report read 440 MB and took a third of the write throughput.
 Each call counts once. The writer adds a batch's increments in the transaction that
 inserts the batch's rows, and only for the rows actually inserted: an event sent twice,
 or a batch retried after a lost commit, finds its id stored and adds nothing. The
-database sums them itself (:func:`batch_statements`), from the rows as stored: on
+database sums them itself (:func:`batch_statement`), from the rows as stored: on
 PostgreSQL the rows of the ids the transaction inserted (a COPY inserts all or fails; the
 conflict-safe path learns them from ``RETURNING``), on SQLite the rows above the highest
 ``rowid`` before the insert. So no Python sums the rollup (that was about 40 % of the
@@ -77,7 +77,7 @@ __all__ = [
     "Increments",
     "RebuildResult",
     "add_calls",
-    "batch_statements",
+    "batch_statement",
     "day_of",
     "hour_of",
     "latency_bin",
@@ -213,7 +213,7 @@ def _sorted(
 
 
 def add_calls(increments: Increments, calls: Iterable[Call]) -> None:
-    """Add ``calls`` to ``increments``: what the writer's SQL (:func:`batch_statements`)
+    """Add ``calls`` to ``increments``: what the writer's SQL (:func:`batch_statement`)
     adds for them, computed in Python by :func:`rebuild`."""
     width = len(SUM_COLUMNS)
     hourly, users = increments.hourly, increments.users
@@ -494,21 +494,21 @@ _BATCH_VIEW: Final = "eventlog_batch"
 _FRESH_TABLE: Final = "eventlog_batch_fresh"
 
 
-def batch_statements(dialect: str) -> tuple[str, ...]:
-    """The SQL that adds the LLM calls a batch's transaction inserted to every rollup
-    table, run in that transaction after the insert: the database sums the calls from
-    the rows as stored, so no Python sums the calls.
+def batch_statement(dialect: str) -> str:
+    """The statement that adds the LLM calls a batch's transaction inserted to every
+    rollup table, run in that transaction after the insert: the database sums the calls
+    from the rows as stored, so no Python sums the calls.
 
-    PostgreSQL: one statement of two parameters, the ids (``uuid[]``) of the LLM calls
-    the transaction inserted (not those of calls stored before, which a re-sent id
-    would count again) and those of them whose presence rows may be new. SQLite: one
-    statement, once :func:`setup_statements` have run on the connection, with the named
-    parameters ``before``, the highest ``rowid`` of ``chronicle_events`` before the
-    insert, and ``fresh``, a JSON array of the ids whose presence rows may be new.
+    PostgreSQL: two parameters, the ids (``uuid[]``) of the LLM calls the transaction
+    inserted (not those of calls stored before, which a re-sent id would count again)
+    and those of them whose presence rows may be new. SQLite, once
+    :func:`setup_statements` have run on the connection: the named parameters
+    ``before``, the highest ``rowid`` of ``chronicle_events`` before the insert, and
+    ``fresh``, a JSON array of the ids whose presence rows may be new.
     """
     if dialect == "sqlite":
         # Without a conflict clause: one here would override those of the trigger's steps.
-        return (f"INSERT INTO {_BATCH_VIEW} (before, fresh) VALUES (:before, :fresh)",)
+        return f"INSERT INTO {_BATCH_VIEW} (before, fresh) VALUES (:before, :fresh)"
     if dialect != "postgresql":
         raise ValueError(f"unsupported dialect {dialect!r}")
     calls = _calls_sql(dialect)
@@ -523,11 +523,11 @@ def batch_statements(dialect: str) -> tuple[str, ...]:
             for i, table in ((3, eventlog_rollup_users_hourly), (4, eventlog_rollup_active_users))
         ),
     ]
-    return ("WITH " + ",\n".join(parts) + "\nSELECT 1",)
+    return "WITH " + ",\n".join(parts) + "\nSELECT 1"
 
 
 def setup_statements(dialect: str) -> tuple[str, ...]:
-    """What a connection runs once before :func:`batch_statements`: nothing on
+    """What a connection runs once before :func:`batch_statement`: nothing on
     PostgreSQL. On SQLite, temporary objects of the connection's own: a table for a
     batch's hourly increments, from which the daily ones are summed, and a view whose
     ``INSTEAD OF INSERT`` trigger runs the rollup's statements in turn. One statement a

@@ -88,11 +88,11 @@ class SQLiteWriter:
         events: list[Row],
         insert_events: str,
         workflow: dict[str, list[Row]],
-        rollup: tuple[str, ...] | None = None,
+        rollup: str | None = None,
         fresh: Sequence[Any] = (),
     ) -> bool:
         """Write encoded event rows, run/step statements and the rollup's increments in
-        one transaction: ``rollup`` (:func:`eventlog.rollup.batch_statements`) sums the
+        one transaction: ``rollup`` (:func:`eventlog.rollup.batch_statement`) sums the
         LLM calls the transaction inserted, and adds the presence rows of those whose ids
         are ``fresh``. Returns whether every event row was inserted."""
         loop = asyncio.get_running_loop()
@@ -147,7 +147,7 @@ class SQLiteWriter:
         events: list[Row],
         insert_events: str,
         workflow: dict[str, list[Row]],
-        rollup: tuple[str, ...] | None,
+        rollup: str | None,
         fresh: Sequence[Any],
         on_bound: Callable[[], None],
     ) -> bool:
@@ -271,25 +271,20 @@ def _insert_events(
     conn: sqlite3.Connection,
     events: list[Row],
     sql: str,
-    rollup: tuple[str, ...] | None,
+    rollup: str | None,
     fresh: Sequence[Any],
-    on_bound: Callable[[], None] = lambda: None,
+    on_bound: Callable[[], None],
 ) -> bool:
     """Insert the rows (a stored id is skipped) and add the LLM calls inserted to the
     rollup: the rows whose rowid is above the highest before the insert (this connection
     holds the write lock, so they are this insert's); the presence rows of those whose
     ids are ``fresh``. Returns whether every row was inserted."""
-    if rollup is None:
-        every_row = conn.executemany(sql, events).rowcount == len(events)
-        on_bound()
-        return bool(every_row)
-    before = conn.execute("SELECT max(rowid) FROM chronicle_events").fetchone()[0]
+    query = "SELECT max(rowid) FROM chronicle_events"
+    before = conn.execute(query).fetchone()[0] or 0 if rollup is not None else 0
     every_row = conn.executemany(sql, events).rowcount == len(events)
     on_bound()
-    before = before if before is not None else 0
-    params = {"before": before, "fresh": orjson.dumps(list(fresh)).decode()}
-    for statement in rollup:
-        conn.execute(statement, params)
+    if rollup is not None:
+        conn.execute(rollup, {"before": before, "fresh": orjson.dumps(list(fresh)).decode()})
     return bool(every_row)
 
 

@@ -47,7 +47,7 @@ from eventlog.maintenance import prune
 from eventlog.migrate import downgrade, upgrade
 from eventlog.prices import Price, store_prices
 from eventlog.reprice import reprice
-from eventlog.rollup import batch_statements, rebuild, setup_statements
+from eventlog.rollup import batch_statement, rebuild, setup_statements
 from eventlog.schema import (
     LATENCY_BIN_EDGES,
     ROLLUP_TABLES,
@@ -322,13 +322,11 @@ def test_the_rollup_tables_have_the_layout_this_file_expects() -> None:
         assert [c.name for c in table.primary_key.columns] == list(TABLE_KEYS[name]), name
 
 
-def test_sqlite_adds_a_batch_with_one_statement_after_a_setup_that_may_run_twice() -> None:
+def test_the_rollup_setup_is_sqlites_own_and_may_run_twice() -> None:
     import sqlite3
 
     assert setup_statements("postgresql") == ()
-    assert len(batch_statements("postgresql")) == 1
-    assert len(batch_statements("sqlite")) == 1
-    for bad in (setup_statements, batch_statements):
+    for bad in (setup_statements, batch_statement):
         with pytest.raises(ValueError, match="unsupported dialect 'mysql'"):
             bad("mysql")
     conn = sqlite3.connect(":memory:")
