@@ -404,11 +404,12 @@ class _ForkGate:
 
     A lock held when the process forks stays held in the child, whose first
     ``ssl.SSLContext()`` (asyncpg makes one per connection) then waits for good; and a
-    SQLite transaction under way in the parent leaves the child's copy of SQLite's
-    in-process lock table saying the file is locked, so the child's writes fail with
-    "database is locked" for as long as it lives. So before a fork the loop's thread
-    stops between two steps (asyncpg does its work there) and, on SQLite, new writes wait
-    while the ones under way finish (they run in SQLite's own thread).
+    SQLite transaction or checkpoint under way in the parent leaves the child's copy of
+    SQLite's in-process lock table saying the file is locked, so the child's writes fail
+    with "database is locked" (or wait) for as long as it lives. So before a fork the
+    loop's thread stops between two steps (asyncpg does its work there) and, on SQLite,
+    new writes wait while the ones under way finish (they run in SQLite's own thread), and
+    so do the checkpoints they queued (on a thread of their own).
     """
 
     def __init__(self, db: Database) -> None:
@@ -441,6 +442,7 @@ class _ForkGate:
         try:
             if self._wait_for_writes:
                 await self._idle.wait()
+                await self._db.background_work_done()  # SQLite's checkpoints
             pause.held.set()
             pause.resume.wait(_PAUSE_LIMIT)  # blocking on purpose: nothing runs meanwhile
         finally:

@@ -407,6 +407,13 @@ class Database:
             repaired += fixed
         return _Encoded(events, workflow, calls, fresh, seen, repaired)
 
+    async def background_work_done(self) -> None:
+        """Until the work that writes left running on other threads is done: SQLite's
+        checkpoints (see :mod:`eventlog.sqlite`). A fork waits for it, so that the child
+        inherits no SQLite lock held by a thread it does not have."""
+        if self._sqlite is not None:
+            await self._sqlite.checkpoints_done()
+
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Store entries the database refused in ``eventlog_dead_letters``, in one
         transaction (see :mod:`eventlog.deadletters`)."""

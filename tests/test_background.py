@@ -402,3 +402,39 @@ def test_a_child_forked_while_an_id_is_made_makes_ids() -> None:
     """
     done = run_python(script)
     assert done.returncode == 0, done.stderr
+
+
+async def test_a_fork_waits_for_a_sqlite_checkpoint_under_way(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpoint runs on a thread of its own; forked in the middle of one, the child
+    # would inherit SQLite's in-process locks held by a thread it does not have.
+    from eventlog.background import _ForkGate, _Pause
+    from eventlog.sqlite import SQLiteWriter
+
+    started, release = threading.Event(), threading.Event()
+    checkpoint = SQLiteWriter._checkpoint
+
+    def held(self: SQLiteWriter) -> None:
+        started.set()
+        release.wait(10)
+        checkpoint(self)
+
+    monkeypatch.setattr(SQLiteWriter, "_checkpoint", held)
+    db = await open_database(tmp_path / "fork.db", migrate=True)
+    try:
+        gate = _ForkGate(db)
+        await gate.write_log_batch([EventPayload(type="x") for _ in range(1000)])
+        await asyncio.to_thread(started.wait, 10)  # a checkpoint is under way
+        pause = _Pause()
+        pause.resume.set()  # the fork itself is instant here
+        hold = asyncio.create_task(gate.hold(pause))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not pause.held.is_set()
+        release.set()
+        await asyncio.wait_for(hold, 10)
+        assert pause.held.is_set()
+    finally:
+        release.set()
+        await db.close()
