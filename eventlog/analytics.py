@@ -820,9 +820,15 @@ async def _rows(
 ) -> list[Sequence[Row[Any]]]:
     try:
         async with db.engine.connect() as conn:
-            if db.dialect == "postgresql" and len(statements) > 1:
-                # One snapshot for all (the sums and the users of one report).
-                await conn.execution_options(isolation_level="REPEATABLE READ")
+            if len(statements) > 1:
+                # One snapshot for all (the sums and the users of one report): a batch
+                # committed between them must count in both or in neither. sqlite3
+                # begins no transaction for a SELECT, so each read its own snapshot;
+                # in one (deferred) transaction the first read fixes it for the rest.
+                if db.dialect == "postgresql":
+                    await conn.execution_options(isolation_level="REPEATABLE READ")
+                else:
+                    await conn.exec_driver_sql("BEGIN")
             if db.dialect == "postgresql":
                 # These queries are short: compiling them to machine code (JIT, which
                 # PostgreSQL's cost estimate turns on for a million rows) costs more

@@ -20,6 +20,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -29,7 +30,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import Table, delete, func, insert, select, text, update
+from sqlalchemy import Table, delete, event, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 import eventlog
@@ -1384,6 +1385,50 @@ async def test_an_empty_string_user_is_the_same_from_raw_rows_and_rollup(db: Dat
     assert await an.usage(db, **window, source="rollup") == await an.usage(
         db, **window, source="raw"
     )
+
+
+async def test_usage_reads_its_sums_and_its_users_in_one_snapshot(
+    db: Database, db_url: str
+) -> None:
+    # A report over the rollup reads the sums, then the distinct users, in a second
+    # query: a batch committed between the two must be in both or in neither (on SQLite
+    # each query read its own snapshot: a call's user counted without the call).
+    rng = random.Random(25)
+    hour = START + timedelta(hours=30, minutes=10)
+    first, second = a_call(rng, hour), a_call(rng, hour + timedelta(minutes=1))
+    first.internal_metadata = InternalMetadata(user_id="ana")
+    second.internal_metadata = InternalMetadata(user_id="bea")
+    await write(db, [first])
+
+    def commit_the_second() -> None:  # another writer, on its own connection
+        async def go() -> None:
+            other = await eventlog.open_database(db_url)
+            try:
+                await write(other, [second])
+            finally:
+                await other.close()
+
+        worker = threading.Thread(target=asyncio.run, args=(go(),))
+        worker.start()
+        worker.join()
+
+    fired: list[str] = []
+
+    def between(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "AS users" in statement and not fired:
+            fired.append(statement)
+            commit_the_second()
+
+    window: dict[str, Any] = {"since": START, "until": START + timedelta(days=3)}
+    event.listen(db.engine.sync_engine, "before_cursor_execute", between)
+    try:
+        (row,) = await an.usage(db, **window, source="rollup")
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", between)
+    assert fired, "the users' query was not seen"
+    assert (row.requests, row.users) == (1, 1)  # the report's snapshot: before the second
+    (row,) = await an.usage(db, **window, source="rollup")
+    assert (row.requests, row.users) == (2, 2)
 
 
 def nearest_rank(values: Sequence[int], p: float) -> int:
