@@ -65,6 +65,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import KeyedColumnElement
 
 from eventlog._checks import positive_int
@@ -827,7 +828,10 @@ async def _rows(
                 # in one (deferred) transaction the first read fixes it for the rest.
                 if db.dialect == "postgresql":
                     await conn.execution_options(isolation_level="REPEATABLE READ")
-                else:
+                elif not isinstance(db.engine.pool, StaticPool):
+                    # (An in-memory database's one connection is every reader's: a
+                    # transaction there would be theirs too, and theirs would refuse
+                    # to begin inside it.)
                     await conn.exec_driver_sql("BEGIN")
             if db.dialect == "postgresql":
                 # These queries are short: compiling them to machine code (JIT, which

@@ -1431,6 +1431,20 @@ async def test_usage_reads_its_sums_and_its_users_in_one_snapshot(
     assert (row.requests, row.users) == (2, 2)
 
 
+async def test_reports_at_once_on_an_in_memory_database() -> None:
+    # An in-memory database has one connection, shared by every reader: a report's
+    # snapshot transaction there made the others fail to begin theirs.
+    db = await eventlog.open_database("sqlite://", migrate=True)
+    try:
+        await write(db, calls(26, 40))
+        window: dict[str, Any] = {"since": START, "until": START + timedelta(days=5)}
+        expected = await an.usage(db, **window, source="raw")
+        found = await asyncio.gather(*(an.usage(db, **window, source="rollup") for _ in range(8)))
+        assert found == [expected] * 8
+    finally:
+        await db.close()
+
+
 def nearest_rank(values: Sequence[int], p: float) -> int:
     ordered = sorted(values)
     return ordered[max(1, math.ceil(p * len(ordered))) - 1]
