@@ -637,8 +637,13 @@ async def rebuild(
         chunk_end = min(day + _DAY, end)
         try:
             async with db.engine.begin() as conn:
-                if db.dialect == "postgresql":
-                    await conn.exec_driver_sql(_LOCK)
+                # The writer's increments wait from here to the commit: on SQLite the
+                # write lock from the start (sqlite3 would begin at the first write,
+                # after the reads: a batch committed between the per-user sums read
+                # before and after a re-pricing was counted twice).
+                await conn.exec_driver_sql(
+                    _LOCK if db.dialect == "postgresql" else "BEGIN IMMEDIATE"
+                )
                 whole = day >= complete_from
                 before = None
                 if before_chunk is not None:
@@ -737,8 +742,7 @@ async def _rebuild_chunk(
     """Rebuild the hours ``[start, end)`` of ``day`` and that day's daily rows (its
     per-user rows only if ``users``: the whole day's raw rows are there)."""
     day_end = day + _DAY
-    # The deletes first: on SQLite they take the write lock, so no batch commits between
-    # the reads below and the inserts.
+    # The caller's transaction holds the writer's increments off (see rebuild).
     for table, time, low, high in (
         (eventlog_rollup_hourly, "hour", start, end),
         (eventlog_rollup_users_hourly, "hour", start, end),

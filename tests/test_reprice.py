@@ -10,18 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy import select, update
-from test_rollup import assert_rollup_is_exact, run, stored_rollup, write
+from sqlalchemy import event, select, update
+from test_rollup import (
+    USERS_DAILY,
+    assert_rollup_is_exact,
+    raw_connection,
+    run,
+    stored_rollup,
+    write,
+)
 
 from eventlog import Database, ProxyLogEntry, ProxyLogEvent
+from eventlog import analytics as an
+from eventlog.maintenance import prune
 from eventlog.prices import Price, PriceBook, store_prices
 from eventlog.reprice import reprice
 from eventlog.schema import chronicle_events, eventlog_rollup_hourly
@@ -362,3 +374,70 @@ async def test_rows_from_before_0004_are_recounted_from_their_response(db: Datab
     expected = (100 * price.input + 10_000 * read + 50 * price.output) / rate
     assert Decimal(row["cost_usd"]) == expected.quantize(NANO)
     await assert_rollup_is_exact(db)
+
+
+def a_writer_could_add_to_the_rollup(db: Database) -> bool:
+    """Whether another connection could commit rollup increments now (without waiting)."""
+    if db.dialect == "sqlite":
+        other = sqlite3.connect(db.engine.url.database or "", timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err):
+                raise
+            return False
+        finally:
+            other.close()
+
+    async def probe() -> bool:
+        other = await raw_connection(db)
+        try:
+            async with other.transaction():
+                await other.execute(f"LOCK TABLE {USERS_DAILY} IN ROW EXCLUSIVE MODE NOWAIT")
+            return True
+        except asyncpg.LockNotAvailableError:
+            return False
+        finally:
+            await other.close()
+
+    with ThreadPoolExecutor(1) as thread:  # the loop is busy: it runs the hook
+        return thread.submit(asyncio.run, probe()).result()
+
+
+async def test_a_reprice_holds_the_writer_off_before_it_reads_a_pruned_days_user_sums(
+    db: Database,
+) -> None:
+    # For a day a prune cut through, reprice reads the day's per-user sums, re-prices,
+    # reads them again and adds the difference. A batch committed between the two
+    # reads was in the second only, and was counted twice for good: on SQLite the write
+    # lock came only with the first write, after the first read.
+    day = AT.replace(hour=0)
+    pruned, oldest, repriced = (
+        ProxyLogEvent(
+            timestamp=day + timedelta(hours=hours),
+            model=HOUSE,
+            response=usage(100, 10),
+            internal_metadata={"user_id": "ana"},
+        )
+        for hours in (0.5, 10, 14)  # the oldest stored call's hour is kept as it is
+    )
+    await write(db, [pruned, oldest, repriced])
+    await prune(db, older_than=day + timedelta(hours=5))
+    await store_prices(db, [house_price("1", "2")])
+    free: list[bool] = []
+
+    def first_read(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not free and "cost_usd" in statement and statement.lstrip().startswith("SELECT"):
+            free.append(a_writer_could_add_to_the_rollup(db))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", first_read)
+    try:
+        result = await reprice(db, since=day, until=day + timedelta(days=1))
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", first_read)
+    assert result.calls == 1
+    assert free == [False]
+    (row,) = await an.usage(db, since=day, until=day + timedelta(days=1), by="user")
+    assert (row.group, row.requests) == ({"user": "ana"}, 3)
