@@ -112,6 +112,7 @@ __all__ = [
     "get_run",
     "iso_utc",
     "latency",
+    "latency_for",
     "list_runs",
     "parse_time",
     "run_durations",
@@ -1845,6 +1846,33 @@ def _latency_json(stats: LatencyStats) -> dict[str, Any]:
     return {key: getattr(stats, key) for key in LATENCY_KEYS}
 
 
+_NO_SAMPLES: Final = LatencyStats(0, None, None, None, None, None, None)
+
+
+def latency_for(
+    usage_rows: Sequence[UsageRow], latency_rows: Sequence[LatencyRow]
+) -> list[LatencyRow]:
+    """The latency row of each usage row's bucket and group, in ``usage_rows``' order:
+    :func:`usage` and :func:`latency` of the same arguments read the database one after
+    the other, so a call committed in between can add a group (or a bucket's first call)
+    to one list only. A usage row without one gets a row of no samples; latency rows of
+    groups ``usage_rows`` lacks are left out. ``ValueError`` if the rows cannot come from
+    the same arguments (other buckets or other ``by``)."""
+    if usage_rows and latency_rows:
+        first_use, first_lat = usage_rows[0], latency_rows[0]
+        buckets = {(u.start, u.end) for u in usage_rows}
+        if list(first_use.group) != list(first_lat.group) or not buckets.issuperset(
+            (lat.start, lat.end) for lat in latency_rows
+        ):
+            raise ValueError("usage_rows and latency_rows must come from the same arguments")
+    found = {(lat.start, lat.end, tuple(lat.group.items())): lat for lat in latency_rows}
+    return [
+        found.get((use.start, use.end, tuple(use.group.items())))
+        or LatencyRow(use.start, use.end, use.group, _NO_SAMPLES, _NO_SAMPLES, _NO_SAMPLES)
+        for use in usage_rows
+    ]
+
+
 def stats_records(
     usage_rows: Sequence[UsageRow], latency_rows: Sequence[LatencyRow]
 ) -> list[dict[str, Any]]:
@@ -1852,11 +1880,9 @@ def stats_records(
     the keys :data:`STATS_KEYS`: times in UTC, ``group`` an object of the ``by`` names,
     rates as fractions (``null`` without requests), latency objects of
     :data:`LATENCY_KEYS` in milliseconds, money as exact decimal text (``"0.004250000"``,
-    USD)."""
+    USD). A row per usage row, with its latency as :func:`latency_for` pairs them."""
     records = []
-    for use, lat in zip(usage_rows, latency_rows, strict=True):
-        if (use.start, use.end, dict(use.group)) != (lat.start, lat.end, dict(lat.group)):
-            raise ValueError("usage_rows and latency_rows must come from the same arguments")
+    for use, lat in zip(usage_rows, latency_for(usage_rows, latency_rows), strict=True):
         records.append(
             {
                 "start": iso_utc(use.start),

@@ -1054,7 +1054,7 @@ async def _stats(args: argparse.Namespace, url: str) -> int:
         db = await open_database(url)
         try:
             usage = await analytics.usage(db, **options)
-            latency = await analytics.latency(db, **options)
+            latency = analytics.latency_for(usage, await analytics.latency(db, **options))
         finally:
             await db.close()
     except ValueError as err:

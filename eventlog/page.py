@@ -495,7 +495,9 @@ async def _stats(db: Database, view: _View, by: Sequence[str], bucketed: bool) -
         "now": view.now,
     }
     usage = await analytics.usage(db, **options)
-    latency = await analytics.latency(db, **options)
+    # Paired by bucket and group: a call committed between the two reads may add a
+    # group to the second only.
+    latency = analytics.latency_for(usage, await analytics.latency(db, **options))
     return _Stats(usage, latency)
 
 

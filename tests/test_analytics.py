@@ -857,3 +857,29 @@ async def test_an_unhashable_tzinfo_buckets_like_the_same_fixed_offset(
     assert [r.request.count for r in timed] == [
         sum(c.latency is not None for c in CALLS if r.start <= c.timestamp < r.end) for r in timed
     ]
+
+
+async def test_latency_for_pairs_rows_by_bucket_and_group_not_by_position(
+    loaded: Database,
+) -> None:
+    # usage() and latency() read one after the other: a group can be in one list only.
+    window: dict[str, Any] = {"since": SINCE, "until": UNTIL, "by": "model", "bucket": "day"}
+    usage = await an.usage(loaded, **window)
+    latency = await an.latency(loaded, **window)
+    without_gpt = [row for row in usage if row.group["model"] != "gpt-4o"]
+    assert an.latency_for(usage, latency) == latency
+    assert an.latency_for(without_gpt, latency) == [
+        lat for lat in latency if lat.group["model"] != "gpt-4o"
+    ]
+    claude_only = [lat for lat in latency if lat.group["model"] == "claude-sonnet"]
+    paired = an.latency_for(usage, claude_only)
+    for use, lat in zip(usage, paired, strict=True):
+        assert (lat.start, lat.end, lat.group) == (use.start, use.end, use.group)
+        if use.group["model"] != "claude-sonnet":
+            assert (lat.request.count, lat.request.p50, lat.ttft.avg) == (0, None, None)
+    assert len(an.stats_records(usage, claude_only)) == len(usage)
+    by_provider = await an.latency(loaded, **{**window, "by": "provider"})
+    hourly = await an.latency(loaded, **{**window, "bucket": "hour"})
+    for other in (by_provider, hourly):
+        with pytest.raises(ValueError, match="same arguments"):
+            an.latency_for(usage, other)

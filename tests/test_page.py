@@ -44,6 +44,7 @@ from eventlog import (
     StepEndEvent,
     StepErrorEvent,
     StepStartEvent,
+    analytics,
     open_database,
 )
 from eventlog.page import COOKIE, TABLES
@@ -666,3 +667,36 @@ async def test_page_requests_are_counted_in_the_metrics_under_bounded_routes(
     assert 'eventlog_http_requests_total{route="/",status="200"} 1.0' in metrics
     assert 'eventlog_http_requests_total{route="/runs/{run_id}",status="200"} 1.0' in metrics
     assert 'eventlog_http_requests_total{route="/runs/{run_id}",status="404"} 1.0' in metrics
+
+
+async def test_a_group_that_appears_between_usage_and_latency_does_not_break_the_page(
+    db: Database, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each table reads usage, then latency: a call committed in between can give the
+    # second a group the first lacks ("zip() argument 2 is longer" as a 400 page).
+    await load(db)
+    newcomer = ProxyLogEvent(
+        timestamp=NOW - timedelta(minutes=30),
+        provider="openai",
+        model="gpt-4o",
+        latency=timedelta(milliseconds=250),
+        internal_metadata=InternalMetadata(user_id="newcomer"),
+    )
+    read_latency = analytics.latency
+    committed: list[bool] = []
+
+    async def latency_after_a_commit(*args: Any, **kwargs: Any) -> list[analytics.LatencyRow]:
+        if not committed and list(kwargs["by"]) == ["user"] and kwargs["bucket"] is None:
+            committed.append(True)  # between the top users' two reads
+            await db.write_log_batch([newcomer])
+        return await read_latency(*args, **kwargs)
+
+    monkeypatch.setattr(analytics, "latency", latency_after_a_commit)
+    async with in_process(create_app(db_url)) as http:
+        page = await http.get(url())
+        users = await http.get(url(format="csv", table="users"))
+    assert committed
+    assert page.status_code == 200, page.text[:300]
+    assert "newcomer" not in page.text  # its usage was read before it was committed
+    assert users.status_code == 200, users.text[:300]
+    assert "newcomer" in users.text  # both read after
