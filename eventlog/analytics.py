@@ -1627,11 +1627,7 @@ async def get_run(db: Database, run_id: uuid.UUID | str) -> RunDetail | None:
         key = run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
     except ValueError:
         raise ValueError(f"run_id must be a UUID, got {run_id!r}") from None
-    found = await _fetch(db, _runs_select(db).where(runs.id == key), "reading a run")
-    if not found:
-        return None
-    run = _run_row(found[0])
-    statement = (
+    steps_of_run = (
         select(
             steps.id,
             steps.type,
@@ -1646,12 +1642,19 @@ async def get_run(db: Database, run_id: uuid.UUID | str) -> RunDetail | None:
         .join(chronicle_runs, runs.id == steps.run_id)
         .where(steps.run_id == key)
     )
-    rows = await _fetch(db, statement, "reading a run's steps")
-    calls = await _fetch(
-        db,
-        select(func.count().label("n")).where(events.run_id == key, events.event_type == LLM_CALL),
-        "counting a run's calls",
+    calls_of_run = select(func.count().label("n")).where(
+        events.run_id == key, events.event_type == LLM_CALL
     )
+    # In one snapshot: a live run's header (its step counts), its steps and its calls
+    # must agree with each other.
+    found, rows, calls = await _fetch_each(
+        db,
+        [_runs_select(db).where(runs.id == key), steps_of_run, calls_of_run],
+        "reading a run",
+    )
+    if not found:
+        return None
+    run = _run_row(found[0])
     step_rows = [
         StepRow(
             id=r["id"],

@@ -13,6 +13,7 @@ import io
 import itertools
 import math
 import random
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -22,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 import eventlog
 from eventlog import (
@@ -883,3 +884,50 @@ async def test_latency_for_pairs_rows_by_bucket_and_group_not_by_position(
     for other in (by_provider, hourly):
         with pytest.raises(ValueError, match="same arguments"):
             an.latency_for(usage, other)
+
+
+async def test_a_live_runs_header_steps_and_calls_are_read_in_one_snapshot(
+    db: Database, db_url: str
+) -> None:
+    # A run page's header counts the run's steps; the table lists them: a step logged
+    # between the two reads must be in both or in neither.
+    run_id = uuid.uuid4()
+    started = NOW - timedelta(minutes=5)
+    await db.write_log_batch(
+        [
+            RunStartEvent(id=run_id, name="triage", time=started),
+            StepStartEvent(step_id=uuid.uuid4(), run_id=run_id, type="llm", name="a", time=started),
+        ]
+    )
+    late_step = StepStartEvent(step_id=uuid.uuid4(), run_id=run_id, type="tool", name="b", time=NOW)
+
+    def log_a_step() -> None:  # another writer, on its own connection
+        async def go() -> None:
+            other = await eventlog.open_database(db_url)
+            try:
+                await other.write_log_batch([late_step])
+            finally:
+                await other.close()
+
+        worker = threading.Thread(target=asyncio.run, args=(go(),))
+        worker.start()
+        worker.join()
+
+    fired: list[str] = []
+
+    def between(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "offset_ms" in statement and not fired:
+            fired.append(statement)
+            log_a_step()
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", between)
+    try:
+        detail = await an.get_run(db, run_id)
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", between)
+    assert fired, "the steps' query was not seen"
+    assert detail is not None
+    assert (detail.run.steps, [s.name for s in detail.steps]) == (1, ["a"])
+    again = await an.get_run(db, run_id)
+    assert again is not None
+    assert (again.run.steps, [s.name for s in again.steps]) == (2, ["a", "b"])
