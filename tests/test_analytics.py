@@ -13,7 +13,6 @@ import io
 import itertools
 import math
 import random
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -23,7 +22,8 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
+from test_rollup import another_writer_commits
 
 import eventlog
 from eventlog import (
@@ -901,30 +901,8 @@ async def test_a_live_runs_header_steps_and_calls_are_read_in_one_snapshot(
     )
     late_step = StepStartEvent(step_id=uuid.uuid4(), run_id=run_id, type="tool", name="b", time=NOW)
 
-    def log_a_step() -> None:  # another writer, on its own connection
-        async def go() -> None:
-            other = await eventlog.open_database(db_url)
-            try:
-                await other.write_log_batch([late_step])
-            finally:
-                await other.close()
-
-        worker = threading.Thread(target=asyncio.run, args=(go(),))
-        worker.start()
-        worker.join()
-
-    fired: list[str] = []
-
-    def between(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "offset_ms" in statement and not fired:
-            fired.append(statement)
-            log_a_step()
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", between)
-    try:
+    with another_writer_commits(db, db_url, [late_step], before="offset_ms") as fired:
         detail = await an.get_run(db, run_id)
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", between)
     assert fired, "the steps' query was not seen"
     assert detail is not None
     assert (detail.run.steps, [s.name for s in detail.steps]) == (1, ["a"])

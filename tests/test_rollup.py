@@ -22,7 +22,8 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -286,6 +287,36 @@ NOISE: list[ProxyLogEntry] = [
 async def write(db: Database, entries: Sequence[ProxyLogEntry], size: int = 150) -> None:
     for i in range(0, len(entries), size):
         await db.write_log_batch(entries[i : i + size])
+
+
+@contextmanager
+def another_writer_commits(
+    db: Database, url: str, entries: Sequence[ProxyLogEntry], *, before: str
+) -> Iterator[list[str]]:
+    """While open, another writer (a database, loop and thread of its own) commits
+    ``entries`` just before ``db`` runs its first statement containing ``before``; the
+    list yielded holds that statement once it has."""
+    fired: list[str] = []
+
+    async def commit() -> None:
+        other = await eventlog.open_database(url)
+        try:
+            await other.write_log_batch(entries)
+        finally:
+            await other.close()
+
+    def hook(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if before in statement and not fired:
+            fired.append(statement)
+            worker = threading.Thread(target=asyncio.run, args=(commit(),))
+            worker.start()
+            worker.join()
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", hook)
+    try:
+        yield fired
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", hook)
 
 
 # -- independent expectations ------------------------------------------------------------
@@ -1400,31 +1431,9 @@ async def test_usage_reads_its_sums_and_its_users_in_one_snapshot(
     second.internal_metadata = InternalMetadata(user_id="bea")
     await write(db, [first])
 
-    def commit_the_second() -> None:  # another writer, on its own connection
-        async def go() -> None:
-            other = await eventlog.open_database(db_url)
-            try:
-                await write(other, [second])
-            finally:
-                await other.close()
-
-        worker = threading.Thread(target=asyncio.run, args=(go(),))
-        worker.start()
-        worker.join()
-
-    fired: list[str] = []
-
-    def between(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "AS users" in statement and not fired:
-            fired.append(statement)
-            commit_the_second()
-
     window: dict[str, Any] = {"since": START, "until": START + timedelta(days=3)}
-    event.listen(db.engine.sync_engine, "before_cursor_execute", between)
-    try:
+    with another_writer_commits(db, db_url, [second], before="AS users") as fired:
         (row,) = await an.usage(db, **window, source="rollup")
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", between)
     assert fired, "the users' query was not seen"
     assert (row.requests, row.users) == (1, 1)  # the report's snapshot: before the second
     (row,) = await an.usage(db, **window, source="rollup")
