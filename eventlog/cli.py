@@ -1096,9 +1096,52 @@ def _print_stats(
 ) -> None:
     shown = zone or UTC
     names = list(dict.fromkeys(by))
-    # A narrow terminal gets the essential columns (and, with a time column too, no
-    # p99, and no year); --format json or csv has them all.
-    wide = console.width >= 120
+    # The wide table when the terminal has room for it (its columns are as wide as their
+    # widest cells, so long names can need more than 120); else the essential columns
+    # (and, with a time column too, no p99 and no year). --format json or csv has them all.
+    table = _stats_table(usage, latency, names, bucket, zone, wide=True)
+    unbounded = console.options.update_width(1_000_000)
+    if console.width < 120 or console.measure(table, options=unbounded).maximum > console.width:
+        table = _stats_table(usage, latency, names, bucket, zone, wide=False)
+    console.print(table)
+    total = sum(use.requests for use in usage)
+    cost = sum((use.cost_usd for use in usage), Decimal(0))
+    unpriced = sum(use.unpriced_requests for use in usage)
+    console.print(
+        f"{total:,} LLM calls from {since.astimezone(shown):%Y-%m-%d %H:%M} to "
+        f"{until.astimezone(shown):%Y-%m-%d %H:%M} ({'UTC' if zone is None else zone.key}), "
+        f"${analytics.usd_text(cost)}; latency in ms; p95 needs 20 calls and p99 100, '-' below",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if unpriced:
+        tokens = sum(use.unpriced_tokens for use in usage)
+        console.print(
+            f"unpriced: {unpriced:,} calls and {tokens:,} tokens have no price and are not "
+            "in the cost (load prices with `eventlog prices load`, then `eventlog reprice`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if any(lat.request.approximate for lat in latency):
+        console.print(
+            "percentiles from the rollup: each is within 19 % (one histogram bin) "
+            "of the exact value",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _stats_table(
+    usage: Sequence[analytics.UsageRow],
+    latency: Sequence[analytics.LatencyRow],
+    names: list[str],
+    bucket: str | None,
+    zone: ZoneInfo | None,
+    *,
+    wide: bool,
+) -> Table:
+    """``eventlog stats``' table: every column (``wide``) or the essential ones."""
+    shown = zone or UTC
     spec = "%Y-%m-%d" if wide else "%m-%d"
     if bucket in ("minute", "hour"):
         spec += " %H:%M"
@@ -1142,32 +1185,7 @@ def _print_stats(
         )
     for row in rows:
         table.add_row(*row)
-    console.print(table)
-    total = sum(use.requests for use in usage)
-    cost = sum((use.cost_usd for use in usage), Decimal(0))
-    unpriced = sum(use.unpriced_requests for use in usage)
-    console.print(
-        f"{total:,} LLM calls from {since.astimezone(shown):%Y-%m-%d %H:%M} to "
-        f"{until.astimezone(shown):%Y-%m-%d %H:%M} ({'UTC' if zone is None else zone.key}), "
-        f"${analytics.usd_text(cost)}; latency in ms; p95 needs 20 calls and p99 100, '-' below",
-        highlight=False,
-        soft_wrap=True,
-    )
-    if unpriced:
-        tokens = sum(use.unpriced_tokens for use in usage)
-        console.print(
-            f"unpriced: {unpriced:,} calls and {tokens:,} tokens have no price and are not "
-            "in the cost (load prices with `eventlog prices load`, then `eventlog reprice`)",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if any(lat.request.approximate for lat in latency):
-        console.print(
-            "percentiles from the rollup: each is within 19 % (one histogram bin) "
-            "of the exact value",
-            highlight=False,
-            soft_wrap=True,
-        )
+    return table
 
 
 def _cost(use: analytics.UsageRow) -> str:

@@ -909,3 +909,24 @@ async def test_a_live_runs_header_steps_and_calls_are_read_in_one_snapshot(
     again = await an.get_run(db, run_id)
     assert again is not None
     assert (again.run.steps, [s.name for s in again.steps]) == (2, ["a", "b"])
+
+
+@pytest.mark.parametrize("columns", [100, 121, 130, 145, 200])
+async def test_stats_table_fits_the_terminal_and_never_cuts_a_column(
+    loaded: Database,
+    db_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    columns: int,
+) -> None:
+    # The wide table was chosen from 120 columns on, and rich cut its right-hand
+    # columns (p95, p99) when its cells needed more than the terminal had.
+    monkeypatch.setenv("COLUMNS", str(columns))
+    by = ("--by", "model", "--by", "user", "--by", "application")
+    assert await cli("stats", "--url", db_url, *WINDOW_ARGS, *by) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if "calls" in line)
+    table = lines[: lines.index(next(line for line in lines if "LLM calls from" in line))]
+    assert max(len(line.rstrip()) for line in table) <= columns
+    # The last column is whole: p99 (p95 in a narrow table with a time column).
+    assert header.rstrip().endswith(("p99 ms", "p99", "p95"))
