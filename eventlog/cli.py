@@ -1110,7 +1110,8 @@ def _print_stats(
     console.print(
         f"{total:,} LLM calls from {since.astimezone(shown):%Y-%m-%d %H:%M} to "
         f"{until.astimezone(shown):%Y-%m-%d %H:%M} ({'UTC' if zone is None else zone.key}), "
-        f"${analytics.usd_text(cost)}; latency in ms; p95 needs 20 calls and p99 100, '-' below",
+        f"${analytics.usd_text(cost)}{' for the priced calls' if unpriced else ''}; "
+        "latency in ms; p95 needs 20 calls and p99 100, '-' below",
         highlight=False,
         soft_wrap=True,
     )

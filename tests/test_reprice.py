@@ -326,6 +326,7 @@ async def test_cli_stats_json_has_the_cost_as_decimal_text_and_the_unpriced_call
     assert table.returncode == 0, table.stderr
     unpriced = len(data.house) + 1 + len(data.gpt_untold)
     assert f"unpriced: {unpriced} calls and" in table.stdout
+    assert " for the priced calls; " in table.stdout  # the cost shown is theirs alone
 
 
 async def test_rows_from_before_0004_are_recounted_from_their_response(db: Database) -> None:
