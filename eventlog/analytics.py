@@ -68,6 +68,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import KeyedColumnElement
 
+from eventlog import sqlite
 from eventlog._checks import positive_int
 from eventlog.database import Database
 from eventlog.exceptions import DatabaseError
@@ -833,7 +834,7 @@ async def _rows(
                     # (An in-memory database's one connection is every reader's: a
                     # transaction there would be theirs too, and theirs would refuse
                     # to begin inside it.)
-                    await conn.exec_driver_sql("BEGIN")
+                    await sqlite.begin(conn)
             if db.dialect == "postgresql":
                 # These queries are short: compiling them to machine code (JIT, which
                 # PostgreSQL's cost estimate turns on for a million rows) costs more

@@ -641,9 +641,12 @@ async def rebuild(
                 # write lock from the start (sqlite3 would begin at the first write,
                 # after the reads: a batch committed between the per-user sums read
                 # before and after a re-pricing was counted twice).
-                await conn.exec_driver_sql(
-                    _LOCK if db.dialect == "postgresql" else "BEGIN IMMEDIATE"
-                )
+                if db.dialect == "postgresql":
+                    await conn.exec_driver_sql(_LOCK)
+                else:
+                    from eventlog import sqlite  # (it imports this module)
+
+                    await sqlite.begin(conn, "IMMEDIATE")
                 whole = day >= complete_from
                 before = None
                 if before_chunk is not None:

@@ -26,13 +26,14 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from eventlog._log import logger
 from eventlog.codecs import Row
 from eventlog.rollup import setup_statements
 from eventlog.statements import SQLITE_MERGE_FUNCTION, merge_info_json
 
-__all__ = ["SQLiteWriter", "configure"]
+__all__ = ["SQLiteWriter", "begin", "configure"]
 
 
 def configure(conn: Any, *, memory: bool) -> None:
@@ -261,6 +262,18 @@ _CHECKPOINT_COMMITS: Final = 64
 # checkpoint thread (then after every commit, the same as every 1,000 rows at the bench's
 # batches of 1,000), 13,843 against 13,325 (1.04) and 59 ms.
 _BACKSTOP_PAGES: Final = 16384
+
+
+async def begin(conn: AsyncConnection, mode: str = "") -> None:
+    """Begin ``conn``'s transaction now (``mode``: ``"IMMEDIATE"`` takes the write lock
+    at once), where sqlite3 would begin it only at the first write, after the reads: a
+    snapshot for several reads, or the writer held off before them. Unless it has begun
+    already: an engine may issue its own ``BEGIN`` (SQLAlchemy's recipe for SQLite)."""
+    if not conn.in_transaction():
+        await conn.begin()  # SQLAlchemy's, which runs the engine's own BEGIN if it has one
+    driver = (await conn.get_raw_connection()).driver_connection
+    if driver is None or not driver.in_transaction:
+        await conn.exec_driver_sql(f"BEGIN {mode}".rstrip())
 
 
 def _nothing() -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy import Table, delete, event, func, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 import eventlog
 from eventlog import (
@@ -2072,3 +2072,34 @@ async def test_a_reprice_adjusts_the_user_rows_of_a_day_a_prune_cut_through(
         assert {k: s for k, s in got[name].items() if k[0] >= next_day} == {
             k: s for k, s in exact[name].items() if k[0] >= next_day
         }, name
+
+
+async def test_reports_and_rebuilds_on_an_engine_that_begins_its_own_transactions(
+    tmp_path: Path,
+) -> None:
+    # SQLAlchemy's recipe for SQLite transactions: the driver's own off, BEGIN on each
+    # transaction's start. A report's snapshot and a rebuild's write lock begin theirs
+    # only if that has not.
+    path = tmp_path / "own.db"
+    await (await eventlog.open_database(f"sqlite:///{path}", migrate=True)).close()
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    db = Database(engine)
+    try:
+        await write(db, calls(27, 60))
+        window: dict[str, Any] = {"since": START, "until": START + timedelta(days=5)}
+        expected = await an.usage(db, **window, source="raw")
+        assert await an.usage(db, **window, source="rollup") == expected
+        assert (await rebuild(db)).calls == 60
+        assert await an.usage(db, **window, source="rollup") == expected
+    finally:
+        await db.close()
+        await engine.dispose()
