@@ -255,6 +255,9 @@ class LatencyStats:
     bin_width: float | None = None
 
 
+_NO_SAMPLES: Final = LatencyStats(0, None, None, None, None, None, None)
+
+
 @dataclass(frozen=True, slots=True)
 class LatencyRow:
     """Latency of one group in one bucket: ``request`` (the provider's answer),
@@ -268,9 +271,7 @@ class LatencyRow:
     group: Mapping[str, str | None] = field(hash=False)
     request: LatencyStats
     total: LatencyStats
-    ttft: LatencyStats = field(
-        default_factory=lambda: LatencyStats(0, None, None, None, None, None, None)
-    )
+    ttft: LatencyStats = _NO_SAMPLES
 
 
 @dataclass(frozen=True, slots=True)
@@ -1848,9 +1849,6 @@ def _decimal_text(value: Decimal | None) -> str | None:
 
 def _latency_json(stats: LatencyStats) -> dict[str, Any]:
     return {key: getattr(stats, key) for key in LATENCY_KEYS}
-
-
-_NO_SAMPLES: Final = LatencyStats(0, None, None, None, None, None, None)
 
 
 def latency_for(

@@ -626,6 +626,8 @@ async def rebuild(
     against the writer's increments. ``before_chunk(conn, start, end)`` runs first in
     each day's transaction (re-pricing uses it to update the costs it then sums).
     """
+    from eventlog import sqlite  # here: it imports this module
+
     span = await _span(db, since, until)
     if span is None:
         return RebuildResult(since, until, 0, 0)
@@ -644,8 +646,6 @@ async def rebuild(
                 if db.dialect == "postgresql":
                     await conn.exec_driver_sql(_LOCK)
                 else:
-                    from eventlog import sqlite  # (it imports this module)
-
                     await sqlite.begin(conn, "IMMEDIATE")
                 whole = day >= complete_from
                 before = None
